@@ -1,0 +1,216 @@
+"""One settings object for every component.
+
+Sources, later ones winning:
+  1. defaults in the models below (everything works with no file),
+  2. a YAML file: ``--config PATH``, else ``$OBSERVER_CONFIG``, else ``./observer.yaml`` if present,
+  3. environment variables ``OBSERVER_<SECTION>__<KEY>`` (e.g. ``OBSERVER_SIMULATOR__NUM_GPU_BLOCKS=512``),
+  4. command-line flags (applied by the CLI through :meth:`Settings.with_overrides`).
+
+Unknown keys are errors (a typo in a threshold must not silently fall back to a default), and every
+error names the dotted key and the offending value.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "OBSERVER_"
+DEFAULT_CONFIG_FILE = "observer.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the person who has to fix the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SimulatorSettings(_Section):
+    """The vLLM-like engine: KV cache geometry, scheduler limits and the step-time model.
+
+    Step time (seconds) = speed_factor * (step_base_s + step_per_seq_s * running
+                                          + prefill_per_token_s * prefill tokens computed this step).
+    speed_factor 0 turns the time model off: the engine steps as fast as the CPU allows.
+    """
+
+    model: str = "Qwen/Qwen3-8B"
+    num_gpu_blocks: int = Field(2048, ge=1)
+    block_size: int = Field(16, ge=1, le=1024)
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    max_model_len: int = Field(32768, ge=16)
+    step_base_s: float = Field(0.006, ge=0)
+    step_per_seq_s: float = Field(0.00012, ge=0)
+    prefill_per_token_s: float = Field(0.00002, ge=0)
+    speed_factor: float = Field(1.0, ge=0)
+    enable_prefix_caching: bool = True
+    # Mean output length (tokens) at which the simulated model emits EOS when the request does not
+    # force a length (ignore_eos / min_tokens). Lognormal around it, deterministic per prompt.
+    mean_output_tokens: int = Field(180, ge=1)
+    seed: int = 0
+    data_parallel_rank: int = Field(0, ge=0)
+    otlp_traces_endpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _batch_fits_a_sequence(self) -> Self:
+        if self.max_num_batched_tokens < self.block_size:
+            raise ValueError("max_num_batched_tokens must be at least block_size")
+        return self
+
+
+class EngineExporterSettings(_Section):
+    """The multi-target engine exporter (``/probe?target=``)."""
+
+    # SSRF guard. The default admits loopback and the private ranges where self-hosted engines live
+    # (RFC 1918, IPv6 ULA) and refuses everything else, including link-local 169.254.0.0/16 where
+    # cloud metadata services answer. Set to [] plus allow_any=true only on a trusted network.
+    allowed_targets: list[str] = Field(
+        default_factory=lambda: [
+            "127.0.0.0/8",
+            "::1/128",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "fc00::/7",
+            "localhost",
+        ]
+    )
+    allow_any_target: bool = False
+    default_timeout_s: float = Field(10.0, gt=0)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_concurrent_probes: int = Field(64, ge=1)
+    metrics_path: str = "/metrics"
+
+
+class GpuExporterSettings(_Section):
+    """The NVML GPU exporter."""
+
+    interval_s: float = Field(1.0, gt=0)
+    nvml_call_timeout_s: float = Field(2.0, gt=0)
+    dcgm_compat: bool = False
+    native_names: bool = True
+    # Processes beyond this many per GPU fold into process="other" to bound cardinality.
+    max_processes_per_gpu: int = Field(16, ge=1)
+    hostname: str | None = None
+
+
+class SloSettings(_Section):
+    """Targets and thresholds shared by alerts and dashboards (one source of truth)."""
+
+    ttft_p95_target_s: float = Field(2.5, gt=0)
+    ttft_slo_objective: float = Field(0.99, gt=0, lt=1)
+    itl_p95_target_s: float = Field(0.1, gt=0)
+    kv_cache_warning_ratio: float = Field(0.90, gt=0, le=1)
+    kv_cache_critical_ratio: float = Field(0.98, gt=0, le=1)
+    gpu_temperature_warning_celsius: float = Field(85, gt=0)
+    gpu_memory_warning_ratio: float = Field(0.95, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.kv_cache_warning_ratio >= self.kv_cache_critical_ratio:
+            raise ValueError("kv_cache_warning_ratio must be below kv_cache_critical_ratio")
+        return self
+
+
+class Settings(_Section):
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    engine_exporter: EngineExporterSettings = Field(default_factory=EngineExporterSettings)
+    gpu_exporter: GpuExporterSettings = Field(default_factory=GpuExporterSettings)
+    slo: SloSettings = Field(default_factory=SloSettings)
+
+    def with_overrides(self, section: str, **values: Any) -> Settings:
+        """A copy with some keys of one section replaced (``None`` values are ignored), re-validated."""
+        data = self.model_dump()
+        data[section].update({k: v for k, v in values.items() if v is not None})
+        return _validate(data, source="command line")
+
+
+def _format_error(exc: ValidationError, data: dict[str, Any], source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (from {source})")
+        else:
+            lines.append(f"{key} = {value!r}: {err['msg']} (from {source})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _validate(data: dict[str, Any], source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, data, source)) from None
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``OBSERVER_SIMULATOR__NUM_GPU_BLOCKS=512`` -> ``{"simulator": {"num_gpu_blocks": "512"}}``.
+
+    Values are parsed as YAML scalars/flow collections so lists and booleans work
+    (``OBSERVER_ENGINE_EXPORTER__ALLOWED_TARGETS='[10.0.0.0/8]'``).
+    """
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name or name == "OBSERVER_CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        try:
+            node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            node[path[-1]] = raw
+    return tree
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None, environ: dict[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if environ.get("OBSERVER_CONFIG"):
+        return Path(environ["OBSERVER_CONFIG"])
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.exists() else None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: dict[str, str] | None = None
+) -> Settings:
+    """Load, merge and validate. Raises :class:`ConfigError` with the bad key and value."""
+    environ = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    config_path = resolve_config_path(path, environ)
+    if config_path is not None:
+        if not config_path.exists():
+            raise ConfigError(f"config file not found: {config_path}")
+        try:
+            loaded = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_path}: top level must be a mapping of sections")
+        data = loaded
+        source = str(config_path)
+    env = _env_overrides(environ)
+    if env:
+        data = _merge(data, env)
+        source = f"{source} + environment"
+    return _validate(data, source)
