@@ -1,0 +1,1 @@
+"""A vLLM-like engine: OpenAI routes, continuous batching over a paged KV cache, vLLM metrics and spans."""

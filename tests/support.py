@@ -1,0 +1,174 @@
+"""Real servers for tests: each on a free 127.0.0.1 port, each stopped by the test that started it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from observer.netutil import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
+
+
+class Process:
+    """A child process with its captured log, stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(
+        self, args: Sequence[str], log_name: str, env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> None:
+        # Closed in stop(); kept open so the child can write to it for its whole life.
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{log_name}-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            list(args), stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=cwd
+        )
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Die abruptly, like a crashed engine."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.log.close()
+
+
+def observer_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "observer.cli", *args]
+
+
+@contextmanager
+def observer_server(
+    subcommand: str, *args: str, ready_path: str = "/health", env: dict[str, str] | None = None
+) -> Iterator[tuple[str, Process]]:
+    """Run ``observer <subcommand> --listen 127.0.0.1:<free> ...``; yields (base_url, process)."""
+    port = free_port()
+    proc = Process(observer_cmd(subcommand, "--listen", f"127.0.0.1:{port}", *args), subcommand, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + ready_path, proc=proc.proc)
+        yield base, proc
+    finally:
+        proc.stop()
+
+
+def simulator(*args: str, env: dict[str, str] | None = None):
+    return observer_server("simulate", *args, env=env)
+
+
+def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """GET a /metrics page and index it as {sample name: {sorted labels: value}}."""
+    text = httpx.get(url, timeout=10).text
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def binary(name: str) -> str:
+    """Path of a required external binary; fails loudly (CI installs these, see .ci/run)."""
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed: run .ci/run (it installs Debian's package)")
+    return path
+
+
+class Prometheus:
+    """A real Prometheus on a loopback port with the given scrape config and rule files."""
+
+    def __init__(
+        self,
+        scrape_configs: list[dict[str, Any]],
+        rule_files: Sequence[str] = (),
+        interval: str = "1s",
+        alertmanager: str | None = None,
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="prom-"))
+        self.port = free_port()
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": interval, "evaluation_interval": interval},
+            "scrape_configs": scrape_configs,
+        }
+        if rule_files:
+            config["rule_files"] = [str(Path(r).resolve()) for r in rule_files]
+        if alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
+        (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = Process(
+            [
+                binary("prometheus"),
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+            "prometheus",
+        )
+        try:
+            wait_http(self.url + "/-/ready", timeout=30, proc=self.proc.proc)
+        except Exception:
+            self.stop()
+            raise
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        resp = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
+        body = resp.json()
+        if body.get("status") != "success":
+            raise AssertionError(f"query {promql!r} failed: {body}")
+        return body["data"]["result"]
+
+    def wait_for(
+        self, promql: str, predicate=lambda r: bool(r), timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        result: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            result = self.query(promql)
+            if predicate(result):
+                return result
+            time.sleep(0.25)
+        raise AssertionError(f"{promql!r} never satisfied the condition in {timeout}s; last result {result}")
+
+    def stop(self) -> None:
+        self.proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
