@@ -1,0 +1,158 @@
+"""The ``observer`` command: one subcommand per component.
+
+Every subcommand reads the one settings object (``--config`` / ``$OBSERVER_CONFIG`` / environment)
+and lets a few flags override it, so a flag and a config key never disagree about a name.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from observer.config import ConfigError, Settings, load_settings
+from observer.netutil import parse_listen
+
+
+class ListenType(click.ParamType):
+    name = "HOST:PORT"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
+        try:
+            return parse_listen(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+LISTEN = ListenType()
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def _override(ctx: click.Context, section: str, **values: Any) -> Settings:
+    try:
+        return _settings(ctx).with_overrides(section, **values)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def serve_app(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="OBSERVER_CONFIG",
+    help="YAML settings file (default: ./observer.yaml if present). "
+    "Env OBSERVER_<SECTION>__<KEY> overrides it.",
+)
+@click.version_option(package_name="llm-observer")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """LLM Observer: observability and alerting for self-hosted LLM inference."""
+    try:
+        settings = load_settings(config_path)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    ctx.ensure_object(dict)
+    ctx.obj["settings"] = settings
+
+
+@cli.command()
+@click.option(
+    "--listen", type=LISTEN, default="127.0.0.1:8000", show_default=True, help="Address to serve on."
+)
+@click.option("--model", help="Served model name (vLLM's --served-model-name).")
+@click.option("--num-gpu-blocks", type=int, help="KV cache size in blocks.")
+@click.option("--block-size", type=int, help="Tokens per KV block.")
+@click.option("--max-num-seqs", type=int, help="Most requests in the running batch.")
+@click.option("--max-num-batched-tokens", type=int, help="Token budget per engine step (chunked prefill).")
+@click.option("--max-model-len", type=int, help="Context length.")
+@click.option(
+    "--speed-factor", type=float, help="Multiplier on the step-time model; 0 = no simulated GPU time."
+)
+@click.option("--data-parallel-rank", type=int, help="Value of vLLM's `engine` label.")
+@click.option("--otlp-traces-endpoint", help="OTLP/HTTP collector URL for llm_request spans.")
+@click.option("--seed", type=int, help="Seed for output lengths.")
+@click.pass_context
+def simulate(ctx: click.Context, listen: tuple[str, int], **flags: Any) -> None:
+    """A vLLM-like engine: OpenAI API, continuous batching over a paged KV cache, vLLM /metrics and spans."""
+    from observer.simulator.server import create_app
+
+    settings = _override(ctx, "simulator", **flags)
+    host, port = listen
+    click.echo(
+        f"simulating vLLM model {settings.simulator.model!r} on http://{host}:{port} "
+        f"({settings.simulator.num_gpu_blocks} KV blocks x {settings.simulator.block_size} tokens)",
+        err=True,
+    )
+    serve_app(create_app(settings.simulator), host, port)
+
+
+@cli.command()
+@click.option("--target", required=True, help="Base URL of an OpenAI-compatible server (http://host:port).")
+@click.option("--model", help="Model name to request (default: the first from /v1/models).")
+@click.option("--users", type=int, default=50, show_default=True, help="Synthetic users in the population.")
+@click.option(
+    "--rps", type=float, default=2.0, show_default=True, help="Mean request rate (Poisson arrivals)."
+)
+@click.option("--duration", type=float, default=30.0, show_default=True, help="Seconds to send for.")
+@click.option(
+    "--max-requests", type=int, help="Stop after this many requests (default: unbounded within duration)."
+)
+@click.option("--concurrency", type=int, default=256, show_default=True, help="Most requests in flight.")
+@click.option("--mix", default="chat=0.6,rag=0.25,code=0.15", show_default=True, help="Workload mix.")
+@click.option(
+    "--otlp-traces-endpoint", help="Send gateway spans (user, department) to this OTLP/HTTP collector."
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def load(**opts: Any) -> None:
+    """Drive an OpenAI-compatible endpoint with synthetic users (bounded in requests and time)."""
+    import asyncio
+    import json
+
+    from observer.load.generator import LoadConfig, run_load
+
+    as_json = opts.pop("as_json")
+    try:
+        cfg = LoadConfig.from_cli(**opts)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    summary = asyncio.run(run_load(cfg))
+    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else summary.render())
+
+
+@cli.command()
+@click.option("--engines", type=int, default=2, show_default=True, help="Simulated engines to start.")
+@click.option("--users", type=int, default=200, show_default=True, help="Synthetic users.")
+@click.option("--rps", type=float, default=4.0, show_default=True, help="Total request rate.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+def demo(engines: int, users: int, rps: float, duration: float | None) -> None:
+    """The stack on this machine without Docker, with synthetic users and a live terminal view."""
+    import asyncio
+
+    from observer.demo import run_demo
+
+    asyncio.run(run_demo(engines=engines, users=users, rps=rps, duration=duration))
+
+
+def main() -> None:
+    try:
+        cli(obj={})
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Synthetic users and the bounded load generator."""
