@@ -240,13 +240,7 @@ class Scheduler:
                     break
             if req.phase is not Phase.RUNNING:
                 continue  # preempted itself; self.running shifted left, i stays
-            batch.work.append((req, n))
-            scheduled.add(id(req))
-            if req.pending > 1:
-                batch.prefill_tokens += n
-            else:
-                batch.decode_tokens += n
-            budget -= n
+            budget -= self._add_work(batch, scheduled, req, n)
             i += 1
 
         # Admission (FIFO); nothing is admitted in a step that had to preempt.
@@ -275,15 +269,18 @@ class Scheduler:
                 req.first_scheduled = now
                 batch.newly_scheduled.append(req)
             self.running.append(req)
-            n = min(req.pending, budget)
-            batch.work.append((req, n))
-            scheduled.add(id(req))
-            if req.pending > 1:
-                batch.prefill_tokens += n
-            else:
-                batch.decode_tokens += n
-            budget -= n
+            budget -= self._add_work(batch, scheduled, req, min(req.pending, budget))
         return batch
+
+    @staticmethod
+    def _add_work(batch: Batch, scheduled: set[int], req: SimRequest, n: int) -> int:
+        batch.work.append((req, n))
+        scheduled.add(id(req))
+        if req.pending > 1:
+            batch.prefill_tokens += n
+        else:
+            batch.decode_tokens += n
+        return n
 
     def step_time(self, batch: Batch) -> float:
         return self.step_model.duration(len(batch.work), batch.prefill_tokens)
