@@ -99,6 +99,31 @@ def simulate(ctx: click.Context, listen: tuple[str, int], **flags: Any) -> None:
     serve_app(create_app(settings.simulator), host, port)
 
 
+@cli.command("engine-exporter")
+@click.option("--listen", type=LISTEN, default="0.0.0.0:9400", show_default=True, help="Address to serve on.")
+@click.option(
+    "--allow-target",
+    "allowed_targets",
+    multiple=True,
+    help="Allowed probe target: CIDR, host name or re:REGEX (repeatable; replaces the default list).",
+)
+@click.option("--allow-any-target", is_flag=True, default=None, help="Disable the SSRF allow-list.")
+@click.option("--timeout", "default_timeout_s", type=float, help="Probe timeout when Prometheus sends none.")
+@click.option("--max-body-bytes", type=int, help="Largest /metrics body accepted from an engine.")
+@click.option("--max-concurrent-probes", type=int, help="Probes fetching at once; others wait.")
+@click.pass_context
+def engine_exporter(
+    ctx: click.Context, listen: tuple[str, int], allowed_targets: tuple[str, ...], **flags: Any
+) -> None:
+    """Multi-target exporter: /probe?target=URL normalizes vLLM/SGLang/TGI/llama.cpp/TensorRT-LLM metrics."""
+    from exporters.engine.server import create_app
+
+    settings = _override(ctx, "engine_exporter", allowed_targets=list(allowed_targets) or None, **flags)
+    host, port = listen
+    click.echo(f"engine exporter on http://{host}:{port}/probe?target=...", err=True)
+    serve_app(create_app(settings.engine_exporter), host, port)
+
+
 @cli.command()
 @click.option("--target", required=True, help="Base URL of an OpenAI-compatible server (http://host:port).")
 @click.option("--model", help="Model name to request (default: the first from /v1/models).")

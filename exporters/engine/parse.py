@@ -1,0 +1,99 @@
+"""A fast, selective parser for the Prometheus text format.
+
+The exporter only needs a few dozen families out of expositions that can hold thousands of series
+(one per LoRA adapter, DP rank, bucket...). prometheus_client's parser builds an object per
+sample for everything; this one looks the sample name up first and parses labels only for the
+names it wants, while still checking every line's syntax so garbage is reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Container, Iterator
+
+_NAME_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_:")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)')
+_UNESCAPE = re.compile(r"\\(.)")
+_ESCAPES = {"n": "\n", "\\": "\\", '"': '"'}
+
+
+class ParseError(ValueError):
+    def __init__(self, line_no: int, line: str, why: str) -> None:
+        shown = line if len(line) <= 120 else line[:117] + "..."
+        super().__init__(f"line {line_no}: {why}: {shown!r}")
+
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def _value(text: str) -> float:
+    text = text.strip()
+    if text in ("+Inf", "Inf"):
+        return math.inf
+    if text == "-Inf":
+        return -math.inf
+    return float(text)
+
+
+def _labels(body: str, line_no: int, line: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(body):
+        m = _LABEL.match(body, pos)
+        if m is None:
+            if body[pos:].strip() == "":
+                break
+            raise ParseError(line_no, line, "malformed label set")
+        value = m.group(2)
+        if "\\" in value:
+            value = _UNESCAPE.sub(lambda e: _ESCAPES.get(e.group(1), "\\" + e.group(1)), value)
+        out[m.group(1)] = value
+        pos = m.end()
+    return out
+
+
+def iter_samples(text: str, wanted: Container[str]) -> Iterator[Sample]:
+    """Yield (name, labels, value) for samples whose name is in ``wanted``; validate the rest.
+
+    Raises ParseError at the first line that is not valid text exposition.
+    """
+    for line_no, raw in enumerate(text.split("\n"), 1):
+        line = raw.strip()
+        if not line or line[0] == "#":
+            continue
+        if line[0] not in _NAME_START:
+            raise ParseError(line_no, raw, "not a metric line")
+        brace = line.find("{")
+        space = line.find(" ")
+        if brace != -1 and (space == -1 or brace < space):
+            name = line[:brace]
+            close = line.rfind("}")
+            if close < brace:
+                raise ParseError(line_no, raw, "unclosed label set")
+            rest = line[close + 1 :]
+            label_body = line[brace + 1 : close]
+        else:
+            if space == -1:
+                raise ParseError(line_no, raw, "sample without a value")
+            name = line[:space]
+            rest = line[space:]
+            label_body = ""
+        parts = rest.split()
+        if not parts or len(parts) > 2:
+            raise ParseError(line_no, raw, "expected a value and an optional timestamp")
+        if name not in wanted:
+            # Syntax check only: cheap enough, and it tells garbage from an engine we don't know.
+            if not _looks_numeric(parts[0]):
+                raise ParseError(line_no, raw, "value is not a number")
+            continue
+        try:
+            value = _value(parts[0])
+        except ValueError:
+            raise ParseError(line_no, raw, "value is not a number") from None
+        yield name, (_labels(label_body, line_no, raw) if label_body else {}), value
+
+
+def _looks_numeric(token: str) -> bool:
+    c = token[0]
+    return c.isdigit() or c in "+-.NI"

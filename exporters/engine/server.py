@@ -1,0 +1,71 @@
+"""HTTP front of the engine exporter (Prometheus multi-target exporter pattern).
+
+Prometheus scrapes ``/probe?target=<engine base URL>`` and relabels ``__param_target`` into
+``instance`` (see README), so every series is attributed to the engine, not to the exporter.
+``/metrics`` is the exporter's own health.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import generate_latest
+
+from exporters.engine.allowlist import TargetRefused
+from exporters.engine.probe import Prober
+from observer.config import EngineExporterSettings
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+INDEX = """LLM Observer engine exporter
+
+  /probe?target=http://vllm-0:8000   normalized llm_* metrics of one engine
+                                      (vllm, sglang, tgi, llama.cpp, trtllm)
+        [&model=NAME]                 model label for engines that do not name their model (tgi, llama.cpp)
+  /metrics                            this exporter's own health
+"""
+
+
+def create_app(settings: EngineExporterSettings) -> FastAPI:
+    prober: Prober | None = None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal prober
+        prober = Prober(settings)
+        app.state.prober = prober
+        yield
+        await prober.aclose()
+
+    app = FastAPI(title="LLM Observer engine exporter", lifespan=lifespan)
+
+    @app.get("/", response_class=PlainTextResponse)
+    async def index() -> str:
+        return INDEX
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        assert prober is not None
+        return Response(generate_latest(prober.registry), media_type=CONTENT_TYPE)
+
+    @app.get("/probe")
+    async def probe(request: Request, target: str = "", model: str = "") -> Response:
+        assert prober is not None
+        if not target:
+            return PlainTextResponse("missing target parameter: /probe?target=http://host:port\n", 400)
+        try:
+            base_url = await prober.check_target(target)
+        except TargetRefused as exc:
+            return PlainTextResponse(f"target refused: {exc}\n", status_code=403)
+        timeout = prober.timeout_for(request.headers.get("x-prometheus-scrape-timeout-seconds"))
+        result = await prober.probe(base_url, timeout, model=model)
+        return Response(result.text, media_type=CONTENT_TYPE)
+
+    return app
