@@ -124,6 +124,56 @@ def engine_exporter(
     serve_app(create_app(settings.engine_exporter), host, port)
 
 
+@cli.command("gpu-exporter")
+@click.option("--listen", type=LISTEN, default="0.0.0.0:9835", show_default=True, help="Address to serve on.")
+@click.option("--fake-gpus", type=int, help="Simulate N H100-like GPUs instead of real NVML (demos, tests).")
+@click.option("--fake-processes", type=int, default=1, show_default=True, help="Processes per fake GPU.")
+@click.option("--fake-load-from", help="A /metrics URL whose running requests drive the fake GPUs' load.")
+@click.option(
+    "--dcgm-compat/--no-dcgm-compat", default=None, help="Also emit dcgm-exporter's DCGM_FI_* names."
+)
+@click.option("--native/--no-native", default=True, show_default=True, help="Emit the gpu_* names.")
+@click.option("--interval", "interval_s", type=float, help="Seconds between NVML samples.")
+@click.option("--hostname", help="Hostname label (default: this machine's).")
+@click.pass_context
+def gpu_exporter(
+    ctx: click.Context,
+    listen: tuple[str, int],
+    fake_gpus: int | None,
+    fake_processes: int,
+    fake_load_from: str | None,
+    native: bool,
+    **flags: Any,
+) -> None:
+    """GPU metrics from NVML (nvidia-ml-py), sampled in the background, failure-isolated per GPU."""
+    from exporters.gpu.sampler import GpuSampler
+    from exporters.gpu.server import MetricsLoadSignal, create_app
+
+    settings = _override(ctx, "gpu_exporter", **flags).gpu_exporter
+    if fake_gpus is not None:
+        from exporters.gpu.fake import FakeNvml
+
+        load = MetricsLoadSignal(fake_load_from) if fake_load_from else None
+        backend: Any = FakeNvml(fake_gpus, processes_per_gpu=fake_processes, load=load)
+    else:
+        from exporters.gpu.nvml import NvmlUnavailable, PynvmlBackend
+
+        backend = PynvmlBackend()
+        try:  # fail fast and clearly on a machine without the driver
+            backend.init()
+            backend.shutdown()
+        except NvmlUnavailable as exc:
+            raise click.ClickException(
+                f"no NVIDIA driver here ({exc}); use --fake-gpus N to simulate a GPU node"
+            ) from None
+    if not native and not settings.dcgm_compat:
+        raise click.UsageError("--no-native needs --dcgm-compat: there would be nothing to export")
+    sampler = GpuSampler(backend, settings, native=native, dcgm=settings.dcgm_compat)
+    host, port = listen
+    click.echo(f"GPU exporter on http://{host}:{port}/metrics", err=True)
+    serve_app(create_app(sampler), host, port)
+
+
 @cli.command()
 @click.option("--target", required=True, help="Base URL of an OpenAI-compatible server (http://host:port).")
 @click.option("--model", help="Model name to request (default: the first from /v1/models).")

@@ -98,6 +98,9 @@ class GpuExporterSettings(_Section):
     # Processes beyond this many per GPU fold into process="other" to bound cardinality.
     max_processes_per_gpu: int = Field(16, ge=1)
     hostname: str | None = None
+    # XID codes whose counters exist (at 0) from the start, so the first event is an increase that
+    # increase()/rate() can see. Hardware-side codes: ECC/row remap, NVLink, fallen off the bus, GSP.
+    critical_xids: list[int] = Field(default_factory=lambda: [48, 63, 64, 74, 79, 92, 94, 95, 119, 120])
 
 
 class SloSettings(_Section):

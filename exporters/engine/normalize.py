@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from functools import cache
@@ -10,8 +9,7 @@ from functools import cache
 from exporters.engine.mappings import ENGINES, EngineMapping, Source
 from exporters.engine.parse import iter_samples
 from observer.catalog import spec
-
-LabelKey = tuple[tuple[str, str], ...]
+from observer.exposition import LabelKey, fmt, header, line
 
 _HIST_SUFFIXES = ("_bucket", "_sum", "_count")
 _VLLM_CACHE_INFO = "vllm:cache_config_info"
@@ -125,7 +123,7 @@ def _canonical_le(le: str) -> str:
     """``5``, ``5.0`` and ``5e0`` are one bucket: render every engine's bounds the same way (the
     way prometheus_client does) so one PromQL query matches all engines."""
     try:
-        return _fmt(float(le))
+        return fmt(float(le))
     except ValueError:
         return le
 
@@ -152,43 +150,18 @@ def _kv_capacity(samples: list[tuple[dict[str, str], float]], out: Normalized) -
 # --- rendering ---------------------------------------------------------------------------------
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _fmt(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
-
-
-def _line(name: str, key: LabelKey, value: float) -> str:
-    if not key:
-        return f"{name} {_fmt(value)}"
-    labels = ",".join(f'{k}="{_escape(v)}"' for k, v in key)
-    return f"{name}{{{labels}}} {_fmt(value)}"
-
-
-def _header(name: str) -> list[str]:
-    s = spec(name)
-    type_name = s.name[: -len("_total")] if s.type == "counter" and s.name.endswith("_total") else s.name
-    return [f"# HELP {type_name} {s.help}", f"# TYPE {type_name} {s.type}"]
-
-
 def render_probe(
     normalized: Normalized | None, up: bool, duration_s: float, error_reason: str | None = None
 ) -> str:
     """The text a probe returns: up, duration, an error reason or the normalized metrics."""
-    lines = [*_header("llm_engine_up"), _line("llm_engine_up", (), 1.0 if up else 0.0)]
-    lines += _header("llm_engine_scrape_duration_seconds")
-    lines.append(_line("llm_engine_scrape_duration_seconds", (), duration_s))
+    lines = [*header("llm_engine_up"), line("llm_engine_up", (), 1.0 if up else 0.0)]
+    lines += header("llm_engine_scrape_duration_seconds")
+    lines.append(line("llm_engine_scrape_duration_seconds", (), duration_s))
     if error_reason:
-        lines += _header("llm_engine_probe_error")
-        lines.append(_line("llm_engine_probe_error", (("reason", error_reason),), 1.0))
+        lines += header("llm_engine_probe_error")
+        lines.append(line("llm_engine_probe_error", (("reason", error_reason),), 1.0))
     if normalized is not None:
-        lines += _header("llm_engine_info")
+        lines += header("llm_engine_info")
         for model, rank in sorted(normalized.models) or [("", "0")]:
             key = (
                 ("kind", normalized.kind),
@@ -196,14 +169,14 @@ def render_probe(
                 ("model", model),
                 ("dp_rank", rank),
             )
-            lines.append(_line("llm_engine_info", key, 1.0))
+            lines.append(line("llm_engine_info", key, 1.0))
         for target in normalized.targets:
-            lines += _header(target)
+            lines += header(target)
             if spec(target).type == "histogram":
                 for suffix in _HIST_SUFFIXES:
                     for key, value in normalized.series.get(target + suffix, {}).items():
-                        lines.append(_line(target + suffix, key, value))
+                        lines.append(line(target + suffix, key, value))
             else:
                 for key, value in normalized.series.get(target, {}).items():
-                    lines.append(_line(target, key, value))
+                    lines.append(line(target, key, value))
     return "\n".join(lines) + "\n"

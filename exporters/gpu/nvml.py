@@ -1,0 +1,172 @@
+"""The real backend: NVML through nvidia-ml-py (module ``pynvml``), with fallbacks for older drivers."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pynvml
+
+from exporters.gpu.backend import Handle, MemoryInfo, MigDevice, ProcessInfo
+from exporters.gpu.processes import process_label
+
+
+class NvmlUnavailable(RuntimeError):
+    """No NVIDIA driver / libnvidia-ml on this machine."""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class PynvmlBackend:
+    def init(self) -> None:
+        try:
+            pynvml.nvmlInit()
+        except (pynvml.NVMLError_LibraryNotFound, pynvml.NVMLError_DriverNotLoaded) as exc:
+            raise NvmlUnavailable(str(exc)) from None
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlShutdown()
+
+    def device_count(self) -> int:
+        return pynvml.nvmlDeviceGetCount()
+
+    def handle(self, index: int) -> Handle:
+        return pynvml.nvmlDeviceGetHandleByIndex(index)
+
+    def driver_version(self) -> str:
+        return _s(pynvml.nvmlSystemGetDriverVersion())
+
+    def cuda_driver_version(self) -> str:
+        v = pynvml.nvmlSystemGetCudaDriverVersion()
+        return f"{v // 1000}.{(v % 1000) // 10}"
+
+    def uuid(self, h: Handle) -> str:
+        return _s(pynvml.nvmlDeviceGetUUID(h))
+
+    def name(self, h: Handle) -> str:
+        return _s(pynvml.nvmlDeviceGetName(h))
+
+    def pci_bus_id(self, h: Handle) -> str:
+        return _s(pynvml.nvmlDeviceGetPciInfo(h).busId)
+
+    def utilization(self, h: Handle) -> tuple[int, int]:
+        u = pynvml.nvmlDeviceGetUtilizationRates(h)
+        return int(u.gpu), int(u.memory)
+
+    def memory(self, h: Handle) -> MemoryInfo:
+        # v2 reports reserved memory separately; on drivers >= 510, v1's "used" includes it.
+        try:
+            m = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+            return MemoryInfo(int(m.total), int(m.used), int(m.free), int(m.reserved))
+        except pynvml.NVMLError_FunctionNotFound:
+            m = pynvml.nvmlDeviceGetMemoryInfo(h)
+            return MemoryInfo(int(m.total), int(m.used), int(m.free))
+
+    def power_mw(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetPowerUsage(h))
+
+    def power_limit_mw(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetEnforcedPowerLimit(h))
+
+    def energy_mj(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetTotalEnergyConsumption(h))
+
+    def temperature_c(self, h: Handle) -> int:
+        get_v = getattr(pynvml, "nvmlDeviceGetTemperatureV", None)
+        if get_v is not None:
+            try:
+                return int(get_v(h, pynvml.NVML_TEMPERATURE_GPU))
+            except (pynvml.NVMLError_FunctionNotFound, pynvml.NVMLError_NotSupported, TypeError):
+                pass
+        return int(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU))
+
+    def memory_temperature_c(self, h: Handle) -> int:
+        (value,) = pynvml.nvmlDeviceGetFieldValues(h, [pynvml.NVML_FI_DEV_MEMORY_TEMP])
+        if value.nvmlReturn != pynvml.NVML_SUCCESS:
+            raise pynvml.NVMLError(value.nvmlReturn)
+        return int(value.value.uiVal)
+
+    def sm_clock_mhz(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM))
+
+    def memory_clock_mhz(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM))
+
+    def clock_event_reasons(self, h: Handle) -> int:
+        fn = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+        if fn is not None:
+            try:
+                return int(fn(h))
+            except pynvml.NVMLError_FunctionNotFound:
+                pass
+        return int(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(h))
+
+    def ecc_errors(self, h: Handle, uncorrected: bool) -> int:
+        kind = (
+            pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
+            if uncorrected
+            else pynvml.NVML_MEMORY_ERROR_TYPE_CORRECTED
+        )
+        return int(pynvml.nvmlDeviceGetTotalEccErrors(h, kind, pynvml.NVML_VOLATILE_ECC))
+
+    def pcie_replay_counter(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetPcieReplayCounter(h))
+
+    def compute_processes(self, h: Handle) -> list[ProcessInfo]:
+        return [
+            ProcessInfo(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory))
+            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+        ]
+
+    def process_label(self, pid: int) -> str:
+        try:
+            nvml_name: str | None = _s(pynvml.nvmlSystemGetProcessName(pid))
+        except (pynvml.NVMLError_NotFound, pynvml.NVMLError_NoPermission, pynvml.NVMLError_NotSupported):
+            nvml_name = None
+        return process_label(pid, nvml_name)
+
+    def mig_enabled(self, h: Handle) -> bool:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(h)
+        return current == pynvml.NVML_DEVICE_MIG_ENABLE
+
+    def mig_devices(self, h: Handle) -> list[MigDevice]:
+        out = []
+        for i in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(h)):
+            try:
+                mh = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
+            except (pynvml.NVMLError_NotFound, pynvml.NVMLError_InvalidArgument):
+                continue  # empty slot
+            name = _s(pynvml.nvmlDeviceGetName(mh))
+            out.append(
+                MigDevice(
+                    handle=mh,
+                    uuid=_s(pynvml.nvmlDeviceGetUUID(mh)),
+                    gpu_instance_id=int(pynvml.nvmlDeviceGetGpuInstanceId(mh)),
+                    compute_instance_id=int(pynvml.nvmlDeviceGetComputeInstanceId(mh)),
+                    profile=name.rsplit("MIG ", 1)[-1] if "MIG " in name else name,
+                )
+            )
+        return out
+
+    def xid_event_set(self, handles: list[Handle]) -> Any:
+        es = pynvml.nvmlEventSetCreate()
+        for h in handles:
+            with contextlib.suppress(pynvml.NVMLError_NotSupported):
+                pynvml.nvmlDeviceRegisterEvents(h, pynvml.nvmlEventTypeXidCriticalError, es)
+        return es
+
+    def xid_wait(self, event_set: Any, timeout_ms: int) -> tuple[str, int] | None:
+        try:
+            data = pynvml.nvmlEventSetWait(event_set, timeout_ms)
+        except pynvml.NVMLError_Timeout:
+            return None
+        if data.eventType != pynvml.nvmlEventTypeXidCriticalError:
+            return None
+        return _s(pynvml.nvmlDeviceGetUUID(data.device)), int(data.eventData)
+
+    def xid_event_set_free(self, event_set: Any) -> None:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlEventSetFree(event_set)
