@@ -21,11 +21,11 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import observer_server, scrape  # noqa: E402
+from support import observer_server, scrape
 
-from exporters.gpu.fake import FakeNvml  # noqa: E402
-from exporters.gpu.sampler import GpuSampler  # noqa: E402
-from observer.config import GpuExporterSettings  # noqa: E402
+from exporters.gpu.fake import FakeNvml
+from exporters.gpu.sampler import GpuSampler
+from observer.config import GpuExporterSettings
 
 
 def main() -> None:
@@ -48,8 +48,11 @@ def main() -> None:
     overhead = [w - i for w, i in zip(walls, inside, strict=True)]
     series = sum(1 for line in sampler.text.splitlines() if line and not line.startswith("#"))
     print(f"8 fake GPUs x 8 processes, native + dcgm names: {series} series per scrape")
-    print(f"collect cycle: median {statistics.median(walls) * 1000:.2f} ms wall, of which fake NVML calls "
-          f"{statistics.median(inside) * 1000:.2f} ms -> exporter overhead {statistics.median(overhead) * 1000:.2f} ms")
+    print(
+        f"collect cycle: median {statistics.median(walls) * 1000:.2f} ms wall, of which fake NVML calls "
+        f"{statistics.median(inside) * 1000:.2f} ms -> exporter overhead "
+        f"{statistics.median(overhead) * 1000:.2f} ms"
+    )
 
     flags = ("--fake-gpus", "8", "--fake-processes", "8", "--dcgm-compat", "--interval", "1")
     with observer_server("gpu-exporter", *flags) as (base, _):
@@ -61,8 +64,10 @@ def main() -> None:
                 start = time.perf_counter()
                 client.get(base + "/metrics")
                 scrapes.append(time.perf_counter() - start)
-        print(f"scrape over HTTP: median {statistics.median(scrapes) * 1000:.2f} ms, "
-              f"p99 {sorted(scrapes)[int(0.99 * len(scrapes))] * 1000:.2f} ms (target < 5 ms median)")
+        print(
+            f"scrape over HTTP: median {statistics.median(scrapes) * 1000:.2f} ms, "
+            f"p99 {sorted(scrapes)[int(0.99 * len(scrapes))] * 1000:.2f} ms (target < 5 ms median)"
+        )
         time.sleep(2)
         cpu0 = scrape(base + "/metrics")["process_cpu_seconds_total"][()]
         t0 = time.monotonic()
@@ -70,8 +75,10 @@ def main() -> None:
         cpu1 = scrape(base + "/metrics")["process_cpu_seconds_total"][()]
         elapsed = time.monotonic() - t0
     per_hour = (cpu1 - cpu0) / elapsed * 3600
-    print(f"CPU at a 1 s interval: {per_hour:.1f} CPU-seconds per hour = {per_hour / 36:.2f}% of one core "
-          f"(target < 1%; measured over {elapsed:.0f} s, 2 scrapes)")
+    print(
+        f"CPU at a 1 s interval: {per_hour:.1f} CPU-seconds per hour = {per_hour / 36:.2f}% of one core "
+        f"(target < 1%; measured over {elapsed:.0f} s, 2 scrapes)"
+    )
 
 
 if __name__ == "__main__":

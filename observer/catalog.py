@@ -383,6 +383,105 @@ ENGINE_EXPORTER_SELF: tuple[MetricSpec, ...] = (
 )
 
 
+# --- usage from traces (observer serve) -------------------------------------------------------------
+# Bounded labels only: model, folded department, outcome. Users never become labels.
+USAGE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+USAGE_TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+
+USAGE: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "llm_usage_requests_total",
+        "counter",
+        "LLM requests seen in traces, by model, department (top-N, rest folded into other) and outcome.",
+        labels=("model", "department", "outcome"),
+        schema="llm",
+    ),
+    MetricSpec(
+        "llm_usage_tokens_total",
+        "counter",
+        "Tokens of LLM requests seen in traces, by direction (input or output).",
+        labels=("model", "department", "direction"),
+        schema="llm",
+    ),
+    MetricSpec(
+        "llm_usage_time_to_first_token_seconds",
+        "histogram",
+        "TTFT of requests as recorded in their spans (engine span preferred).",
+        labels=("model",),
+        unit="seconds",
+        buckets=USAGE_SECONDS_BUCKETS,
+        schema="llm",
+    ),
+    MetricSpec(
+        "llm_usage_time_per_output_token_seconds",
+        "histogram",
+        "Per-request time per output token after the first, from spans.",
+        labels=("model",),
+        unit="seconds",
+        buckets=USAGE_TPOT_BUCKETS,
+        schema="llm",
+    ),
+    MetricSpec(
+        "llm_usage_e2e_request_latency_seconds",
+        "histogram",
+        "End-to-end request latency from spans.",
+        labels=("model",),
+        unit="seconds",
+        buckets=USAGE_SECONDS_BUCKETS,
+        schema="llm",
+    ),
+)
+
+COLLECTOR_SELF: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "observer_collector_spans_received_total",
+        "counter",
+        "Spans received on /v1/traces (accepted or not).",
+        schema="observer",
+    ),
+    MetricSpec(
+        "observer_collector_spans_rejected_total",
+        "counter",
+        "Spans rejected, by reason (malformed, too_large, unauthorized, store_unavailable, invalid_span).",
+        labels=("reason",),
+        schema="observer",
+    ),
+    MetricSpec(
+        "observer_collector_export_requests_total",
+        "counter",
+        "OTLP export requests by HTTP status code.",
+        labels=("code",),
+        schema="observer",
+    ),
+    MetricSpec(
+        "observer_collector_export_duration_seconds",
+        "histogram",
+        "Time to decode, map and store one OTLP export request.",
+        unit="seconds",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        schema="observer",
+    ),
+    MetricSpec(
+        "observer_collector_requests_pending",
+        "gauge",
+        "Request records stored but not yet counted (waiting for their other half or the grace time).",
+        schema="observer",
+    ),
+    MetricSpec(
+        "observer_store_up",
+        "gauge",
+        "Whether the last store operation succeeded (1) or the database was unreachable (0).",
+        schema="observer",
+    ),
+    MetricSpec(
+        "observer_store_rows_deleted_total",
+        "counter",
+        "Raw request rows deleted by the retention job.",
+        schema="observer",
+    ),
+)
+
+
 # --- GPU (NVML) ----------------------------------------------------------------------------------
 _G = ("gpu", "uuid")
 
@@ -527,7 +626,15 @@ DCGM: tuple[MetricSpec, ...] = (
 )
 
 
-CATALOG: tuple[MetricSpec, ...] = (*VLLM_V1, *ENGINE, *ENGINE_EXPORTER_SELF, *GPU, *DCGM)
+CATALOG: tuple[MetricSpec, ...] = (
+    *VLLM_V1,
+    *ENGINE,
+    *ENGINE_EXPORTER_SELF,
+    *USAGE,
+    *COLLECTOR_SELF,
+    *GPU,
+    *DCGM,
+)
 _BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOG}
 
 

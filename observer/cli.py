@@ -175,6 +175,29 @@ def gpu_exporter(
 
 
 @cli.command()
+@click.option(
+    "--listen", type=LISTEN, default="127.0.0.1:4318", show_default=True, help="Address to serve on."
+)
+@click.option(
+    "--db", "db_url", help="SQLAlchemy URL (default sqlite:///observer.db; postgresql://... in production)."
+)
+@click.option("--auth-token", help="Require this bearer token on /v1/traces.")
+@click.pass_context
+def serve(ctx: click.Context, listen: tuple[str, int], db_url: str | None, auth_token: str | None) -> None:
+    """OTLP/HTTP trace receiver + request store + usage /metrics + JSON API + scheduled jobs."""
+    from observer.server import create_app
+
+    settings = _override(ctx, "store", url=db_url)
+    settings = settings.with_overrides("collector", auth_token=auth_token)
+    host, port = listen
+    click.echo(
+        f"observer serve on http://{host}:{port} (OTLP: POST /v1/traces), store {settings.store.url}",
+        err=True,
+    )
+    serve_app(create_app(settings), host, port)
+
+
+@cli.command()
 @click.option("--target", required=True, help="Base URL of an OpenAI-compatible server (http://host:port).")
 @click.option("--model", help="Model name to request (default: the first from /v1/models).")
 @click.option("--users", type=int, default=50, show_default=True, help="Synthetic users in the population.")

@@ -103,6 +103,33 @@ class GpuExporterSettings(_Section):
     critical_xids: list[int] = Field(default_factory=lambda: [48, 63, 64, 74, 79, 92, 94, 95, 119, 120])
 
 
+class CollectorSettings(_Section):
+    """The OTLP/HTTP trace receiver inside ``observer serve``."""
+
+    # Required bearer token for /v1/traces (and the write APIs); None = no auth (loopback demos).
+    auth_token: str | None = None
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # after decompression (OTLP spec)
+    retry_after_s: int = Field(5, ge=1)
+    # Span attributes that carry the department/team, first match wins.
+    department_attributes: list[str] = Field(
+        default_factory=lambda: ["department", "user.department", "team", "enduser.department", "org.unit"]
+    )
+    # Departments always kept as labels; beyond these, the first top_departments distinct values seen
+    # keep their name and the rest fold into "other" (bounded Prometheus cardinality).
+    departments: list[str] = Field(default_factory=list)
+    top_departments: int = Field(20, ge=0)
+    # Keyed HMAC-SHA256 of user ids before storage when set (pseudonymization); None = store as given.
+    pseudonymize_key: str | None = None
+    # A request whose gateway (or engine) half has not arrived after this long is counted as it is.
+    join_grace_s: float = Field(10.0, ge=0)
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:///observer.db"
+    retention_days: int = Field(30, ge=1)  # raw request rows; daily rollups are kept
+    cleanup_interval_s: float = Field(3600, gt=0)
+
+
 class SloSettings(_Section):
     """Targets and thresholds shared by alerts and dashboards (one source of truth)."""
 
@@ -125,6 +152,8 @@ class Settings(_Section):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     engine_exporter: EngineExporterSettings = Field(default_factory=EngineExporterSettings)
     gpu_exporter: GpuExporterSettings = Field(default_factory=GpuExporterSettings)
+    collector: CollectorSettings = Field(default_factory=CollectorSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
 
     def with_overrides(self, section: str, **values: Any) -> Settings:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -83,7 +84,10 @@ def observer_server(
     proc = Process(observer_cmd(subcommand, "--listen", f"127.0.0.1:{port}", *args), subcommand, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_http(base + ready_path, proc=proc.proc)
+        try:
+            wait_http(base + ready_path, proc=proc.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}\n--- {subcommand} output ---\n{proc.output()[-3000:]}") from None
         yield base, proc
     finally:
         proc.stop()
@@ -172,3 +176,72 @@ class Prometheus:
     def stop(self) -> None:
         self.proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class TcpProxy:
+    """A loopback TCP forwarder the test can stop and start, to take a real server "down".
+
+    Stopping closes the listener and every open connection, exactly what a client sees when the
+    database server dies; starting listens on the same port again.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        import socket
+        import threading
+
+        self._socket, self._threading = socket, threading
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener = None
+        self._conns: list = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        s = self._socket.socket(self._socket.AF_INET, self._socket.SOCK_STREAM)
+        s.setsockopt(self._socket.SOL_SOCKET, self._socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        self._listener = s
+        self._threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = self._socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            # Wakes the thread blocked in accept(); close() alone would leave it accepting.
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(self._socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(self._socket.SHUT_RDWR)
+            c.close()

@@ -1,0 +1,79 @@
+"""Tables. One row per LLM request: no prompt, no completion, ever.
+
+A request is keyed by (trace_id, request_key): the gateway span's id when a gateway traced the
+call (the engine span's parent), else the engine span's own id. Its gateway half (who, which
+department, outcome) and engine half (latency breakdown) arrive as separate spans, in any order
+and batch, and are merged into the same row; re-sent spans merge to the same values, so retries
+never double count.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Request(Base):
+    __tablename__ = "requests"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    trace_id: Mapped[str] = mapped_column(String(32))
+    request_key: Mapped[str] = mapped_column(String(16))
+    gateway_span_id: Mapped[str | None] = mapped_column(String(16))
+    engine_span_id: Mapped[str | None] = mapped_column(String(16))
+    engine_request_id: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(256))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    department: Mapped[str | None] = mapped_column(String(128))
+    session_id: Mapped[str | None] = mapped_column(String(128))
+    conversation_id: Mapped[str | None] = mapped_column(String(128))
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    ttft_s: Mapped[float | None] = mapped_column(Float)
+    tpot_s: Mapped[float | None] = mapped_column(Float)
+    queue_s: Mapped[float | None] = mapped_column(Float)
+    prefill_s: Mapped[float | None] = mapped_column(Float)
+    decode_s: Mapped[float | None] = mapped_column(Float)
+    e2e_s: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str | None] = mapped_column(String(16))  # success | error | abort
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    error_type: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))  # UTC
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+    counted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+    __table_args__ = (
+        UniqueConstraint("trace_id", "request_key"),
+        Index("ix_requests_started_at", "started_at"),
+        # The finalizer looks for uncounted rows every second: keep that lookup tiny.
+        Index(
+            "ix_requests_uncounted",
+            "updated_at",
+            sqlite_where=text("counted = 0"),
+            postgresql_where=text("counted = false"),
+        ),
+    )
