@@ -27,7 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import observer_server, scrape  # noqa: E402
+from support import observer_server, scrape
 
 MARKER = os.urandom(8)
 
@@ -195,7 +195,8 @@ def main() -> None:
                 admin.close()
         print(
             f"{r['backend']:>10}: {r['spans_per_s']:,.0f} spans/s "
-            f"({r['spans_per_s'] / ceiling:.1%} of the decode ceiling), export latency p50 {r['p50_ms']:.0f} ms "
+            f"({r['spans_per_s'] / ceiling:.1%} of the decode ceiling), "
+            f"export latency p50 {r['p50_ms']:.0f} ms "
             f"p99 {r['p99_ms']:.0f} ms, errors {r['errors']}, RSS start {r['rss_start_mib']:.0f} MiB "
             f"peak {r['rss_peak_mib']:.0f} MiB end {r['rss_end_mib']:.0f} MiB over {args.duration:.0f} s"
         )

@@ -482,6 +482,84 @@ COLLECTOR_SELF: tuple[MetricSpec, ...] = (
 )
 
 
+# --- business analytics (observer serve, from the rollup tables) -----------------------------------
+# Windows are fixed ("1d", "7d", "30d"); departments are the top N by active users plus "other".
+
+
+def _biz(name: str, help_: str, labels: tuple[str, ...] = (), unit: str = "") -> MetricSpec:
+    return MetricSpec(name, "gauge", help_, labels=labels, unit=unit, schema="llm")
+
+
+ANALYTICS: tuple[MetricSpec, ...] = (
+    _biz(
+        "llm_active_users", "Distinct users active in the window ending today (DAU, WAU, MAU).", ("window",)
+    ),
+    _biz(
+        "llm_active_users_by_department",
+        "Distinct active users by department in the window.",
+        ("department", "window"),
+    ),
+    _biz(
+        "llm_department_tokens",
+        "Tokens used by department in the window, by direction.",
+        ("department", "direction", "window"),
+        unit="tokens",
+    ),
+    _biz(
+        "llm_users_stickiness_ratio",
+        "Mean DAU over the last 30 days divided by MAU (above 0.5 means a daily habit).",
+        unit="ratio",
+    ),
+    _biz(
+        "llm_users_retention_m2m_ratio",
+        "Share of last calendar month's active users active this month so far.",
+        unit="ratio",
+    ),
+    _biz(
+        "llm_users_retention_m2m_complete_ratio",
+        "Month-to-month retention between the last two complete months.",
+        unit="ratio",
+    ),
+    _biz("llm_new_users", "Users whose first request was today."),
+    _biz(
+        "llm_cohort_retention_ratio",
+        "Share of a monthly cohort (month of first use) active k months later.",
+        ("cohort", "months_since"),
+        unit="ratio",
+    ),
+    _biz(
+        "llm_feedback_up_ratio",
+        "Share of thumbs-up among feedback in the last 30 days.",
+        ("model", "department"),
+        unit="ratio",
+    ),
+    _biz(
+        "llm_feedback_responses", "Feedback responses in the last 30 days.", ("model", "department", "rating")
+    ),
+    _biz(
+        "llm_cost_self_hosted",
+        "Self-hosted cost in the window: GPU-hours plus energy (in the labelled currency).",
+        ("currency", "window"),
+    ),
+    _biz(
+        "llm_cost_public_api_equivalent",
+        "What the window's tokens would have cost on the reference public API.",
+        ("currency", "window"),
+    ),
+    _biz("llm_cost_savings", "Public-API-equivalent cost minus self-hosted cost.", ("currency", "window")),
+    _biz(
+        "llm_cost_per_million_tokens",
+        "Cost per 1M tokens (input + output), self-hosted versus the public API.",
+        ("kind", "currency"),
+    ),
+    _biz(
+        "llm_cost_by_department",
+        "Self-hosted cost charged back to departments by their share of tokens.",
+        ("department", "currency", "window"),
+    ),
+)
+
+
 # --- GPU (NVML) ----------------------------------------------------------------------------------
 _G = ("gpu", "uuid")
 
@@ -632,6 +710,7 @@ CATALOG: tuple[MetricSpec, ...] = (
     *ENGINE_EXPORTER_SELF,
     *USAGE,
     *COLLECTOR_SELF,
+    *ANALYTICS,
     *GPU,
     *DCGM,
 )

@@ -198,6 +198,79 @@ def serve(ctx: click.Context, listen: tuple[str, int], db_url: str | None, auth_
 
 
 @cli.command()
+@click.option("--db", "db_url", help="SQLAlchemy URL of the request store (default: store.url).")
+@click.option("--date", "day", help="Report as of this day (YYYY-MM-DD, company time zone; default today).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object (dau, wau, mau, stickiness, ...)."
+)
+@click.option(
+    "--csv", "csv_table", type=click.Choice(["departments", "cohorts", "cost", "daily"]), help="CSV export."
+)
+@click.option("--refresh/--no-refresh", default=True, show_default=True, help="Update the rollups first.")
+@click.pass_context
+def analytics(
+    ctx: click.Context,
+    db_url: str | None,
+    day: str | None,
+    as_json: bool,
+    csv_table: str | None,
+    refresh: bool,
+) -> None:
+    """Adoption and cost for analysts: DAU/WAU/MAU, stickiness, retention, cohorts, departments, cost."""
+    import datetime as dt
+    import json
+
+    from observer.analytics.service import AnalyticsService
+    from observer.store.db import Store, StoreUnavailable
+
+    settings = _override(ctx, "store", url=db_url)
+    try:
+        when = dt.date.fromisoformat(day) if day else None
+    except ValueError:
+        raise click.BadParameter(f"must be YYYY-MM-DD, got {day!r}", param_hint="--date") from None
+    store = Store(settings.store.url)
+    try:
+        store.migrate()
+    except StoreUnavailable as exc:
+        raise click.ClickException(f"cannot reach the store at {settings.store.url}: {exc}") from None
+    service = AnalyticsService(store, settings)
+    if refresh:
+        done = service.rollups.refresh()
+        click.echo(f"rollups refreshed: {len(done.days)} day(s) in {done.seconds:.2f}s", err=True)
+    if csv_table:
+        click.echo(service.csv(csv_table, when), nl=False)
+        return
+    summary = service.summary(when)
+    click.echo(json.dumps(summary.to_dict(), indent=2) if as_json else render_summary(summary.to_dict()))
+
+
+def render_summary(s: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1%}"
+
+    depts = ", ".join(f"{d['department']} {d['active_users']} users" for d in s["departments"][:8])
+    lines = [
+        f"as of {s['date']}",
+        f"  DAU {s['dau']}   WAU {s['wau']}   MAU {s['mau']}   stickiness (DAU/MAU) {pct(s['stickiness'])}",
+        f"  new users today {s['new_users']}   retention m2m {pct(s['retention_m2m'])} (month to date), "
+        f"{pct(s['retention_m2m_complete'])} (last complete months)",
+        f"  departments (30 days): {depts}",
+    ]
+    for c in s["cohorts"][-4:]:
+        lines.append(
+            f"  cohort {c['cohort']} (n={c['size']}): " + " ".join(f"{r:.0%}" for r in c["retention"])
+        )
+    if s.get("cost"):
+        c = s["cost"]
+        lines.append(
+            f"  cost (30 days, {c['currency']}): self-hosted {c['self_hosted_cost']:,.2f} vs "
+            f"{c['public_api_model']} {c['public_api_cost']:,.2f} -> savings {c['savings']:,.2f}; "
+            f"per 1M tokens {c['self_hosted_per_million_tokens']} vs {c['public_api_per_million_tokens']}"
+        )
+    return "\n".join(lines)
+
+
+@cli.command()
 @click.option("--target", required=True, help="Base URL of an OpenAI-compatible server (http://host:port).")
 @click.option("--model", help="Model name to request (default: the first from /v1/models).")
 @click.option("--users", type=int, default=50, show_default=True, help="Synthetic users in the population.")

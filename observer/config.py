@@ -130,6 +130,60 @@ class StoreSettings(_Section):
     cleanup_interval_s: float = Field(3600, gt=0)
 
 
+class PublicApiPrice(_Section):
+    """What the same tokens would cost on a public API (per 1M tokens)."""
+
+    model: str = "gpt-4o"
+    input_per_million: float = Field(2.50, ge=0)
+    output_per_million: float = Field(10.00, ge=0)
+
+
+class CostSettings(_Section):
+    """Self-hosted cost: GPU-hours (rented, or hardware amortized) plus energy."""
+
+    currency: str = "USD"
+    reference: PublicApiPrice = Field(default_factory=PublicApiPrice)
+    gpus: int = Field(8, ge=0)  # GPUs serving the assistant
+    # Either a GPU-hour price (cloud/colo) or hardware amortization; the price wins when both are set.
+    gpu_hour_price: float | None = Field(None, ge=0)
+    gpu_purchase_price: float = Field(30_000, ge=0)
+    amortization_years: float = Field(4, gt=0)
+    hosting_per_gpu_hour: float = Field(0.0, ge=0)  # rack, cooling, network, staff share
+    electricity_per_kwh: float = Field(0.15, ge=0)
+    # Energy comes from gpu_energy_joules_total in Prometheus when prometheus_url is set; otherwise
+    # this average draw per GPU is assumed.
+    assumed_gpu_power_watts: float = Field(450, ge=0)
+    prometheus_url: str | None = None
+
+    @property
+    def gpu_hour_cost(self) -> float:
+        if self.gpu_hour_price is not None:
+            return self.gpu_hour_price
+        return self.gpu_purchase_price / (self.amortization_years * 365 * 24) + self.hosting_per_gpu_hour
+
+
+class AnalyticsSettings(_Section):
+    timezone: str = "UTC"  # the company's day boundaries (IANA name)
+    refresh_interval_s: float = Field(300, gt=0)
+    top_departments: int = Field(20, ge=1)  # department gauges beyond this fold into "other"
+    feedback_keep_comments: bool = False  # free text is content: dropped unless explicitly enabled
+    feedback_reasons: list[str] = Field(
+        default_factory=lambda: ["wrong", "incomplete", "slow", "unsafe", "off_topic", "helpful", "other"]
+    )
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> Self:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {self.timezone!r} (use an IANA name like Europe/Berlin)"
+            ) from None
+        return self
+
+
 class SloSettings(_Section):
     """Targets and thresholds shared by alerts and dashboards (one source of truth)."""
 
@@ -154,6 +208,8 @@ class Settings(_Section):
     gpu_exporter: GpuExporterSettings = Field(default_factory=GpuExporterSettings)
     collector: CollectorSettings = Field(default_factory=CollectorSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
+    cost: CostSettings = Field(default_factory=CostSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
 
     def with_overrides(self, section: str, **values: Any) -> Settings:

@@ -10,14 +10,15 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import PROCESS_COLLECTOR, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from observer.analytics.service import AnalyticsService, FeedbackError
 from observer.collector.ingest import Collector, utcnow
 from observer.collector.otlp import JSON, OtlpError, decompress, error_body, media_type, success_body
 from observer.config import Settings
@@ -50,6 +51,8 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
     registry.register(PROCESS_COLLECTOR)
     collector = Collector(store, settings.collector, registry)
     schema = _Schema(store)
+    analytics = AnalyticsService(store, settings)
+    analytics.register(registry)
     scheduler = BackgroundScheduler(
         job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
     )
@@ -67,12 +70,26 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
             except Exception as exc:  # keep the scheduler alive; the next run tries again
                 log.warning("retention cleanup failed: %s", exc)
 
+    def analytics_job() -> None:
+        if schema.ensure():
+            try:
+                analytics.refresh()
+            except Exception as exc:  # a failed refresh is retried next interval; gauges keep old values
+                log.warning("analytics refresh failed: %s", exc)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(schema.ensure)
         scheduler.add_job(count_job, "interval", seconds=1, id="count-finished-requests")
         scheduler.add_job(
             retention_job, "interval", seconds=settings.store.cleanup_interval_s, id="retention"
+        )
+        scheduler.add_job(
+            analytics_job,
+            "interval",
+            seconds=settings.analytics.refresh_interval_s,
+            id="analytics-refresh",
+            next_run_time=datetime.now(),
         )
         scheduler.start()
         yield
@@ -82,6 +99,7 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
 
     app = FastAPI(title="LLM Observer", lifespan=lifespan)
     app.state.store, app.state.collector, app.state.settings = store, collector, settings
+    app.state.analytics = analytics
 
     def _authorized(request: Request) -> bool:
         if not cfg.auth_token:
@@ -155,5 +173,72 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
                 if row.get(key) is not None:
                     row[key] = row[key].isoformat() + "Z"
         return JSONResponse({"requests": rows})
+
+    def _day(value: str | None) -> date | None:
+        if value is None:
+            return None
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise OtlpError(400, f"date must be YYYY-MM-DD, got {value!r}", "bad_query") from None
+
+    async def _analytics(fn) -> Response:
+        try:
+            return await run_in_threadpool(fn)
+        except OtlpError as exc:
+            return JSONResponse({"error": exc.message}, exc.status)
+        except StoreUnavailable:
+            return JSONResponse({"error": "store unavailable"}, 503, {"Retry-After": str(cfg.retry_after_s)})
+
+    @app.get("/api/v1/analytics/summary")
+    async def analytics_summary(date: str | None = None) -> Response:
+        """DAU, WAU, MAU, stickiness, new users, retention, cohorts, departments, feedback, cost."""
+        return await _analytics(lambda: JSONResponse(analytics.summary(_day(date)).to_dict()))
+
+    @app.get("/api/v1/analytics/cohorts")
+    async def analytics_cohorts(date: str | None = None, format: str = "json") -> Response:
+        def run() -> Response:
+            day = _day(date) or analytics.today()
+            if format == "csv":
+                return PlainTextResponse(analytics.csv("cohorts", day), media_type="text/csv")
+            return JSONResponse({"cohorts": analytics.analytics.cohorts(until=day)})
+
+        return await _analytics(run)
+
+    @app.get("/api/v1/analytics/departments")
+    async def analytics_departments(
+        date: str | None = None, window_days: int = Query(30, ge=1, le=366), format: str = "json"
+    ) -> Response:
+        def run() -> Response:
+            day = _day(date) or analytics.today()
+            if format == "csv":
+                return PlainTextResponse(analytics.csv("departments", day), media_type="text/csv")
+            rows = analytics.analytics.departments(day, window_days)
+            return JSONResponse({"departments": [r.__dict__ for r in rows], "window_days": window_days})
+
+        return await _analytics(run)
+
+    @app.get("/api/v1/analytics/cost")
+    async def analytics_cost(date: str | None = None, window_days: int = Query(30, ge=1, le=366)) -> Response:
+        return await _analytics(lambda: JSONResponse(analytics.cost(_day(date), window_days).to_dict()))
+
+    @app.post("/api/v1/feedback")
+    async def feedback(request: Request) -> Response:
+        """Thumbs up/down for a request (request_id or trace_id, rating, optional reason code)."""
+        if not _authorized(request):
+            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
+        try:
+            body = await request.json()
+        except ValueError:
+            return JSONResponse({"error": "body must be JSON"}, 400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body must be a JSON object"}, 400)
+        try:
+            result = await run_in_threadpool(analytics.add_feedback, body)
+        except FeedbackError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        except Exception:
+            return JSONResponse({"error": "store unavailable"}, 503, {"Retry-After": str(cfg.retry_after_s)})
+        return JSONResponse(result, 201)
 
     return app

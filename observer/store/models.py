@@ -9,11 +9,12 @@ never double count.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     Index,
@@ -69,6 +70,7 @@ class Request(Base):
     __table_args__ = (
         UniqueConstraint("trace_id", "request_key"),
         Index("ix_requests_started_at", "started_at"),
+        Index("ix_requests_updated_at", "updated_at"),
         # The finalizer looks for uncounted rows every second: keep that lookup tiny.
         Index(
             "ix_requests_uncounted",
@@ -77,3 +79,73 @@ class Request(Base):
             postgresql_where=text("counted = false"),
         ),
     )
+
+
+# --- rollups (analytics) --------------------------------------------------------------------------
+# Analytics read these, never the raw rows, and they outlive the raw rows' retention.
+
+
+class User(Base):
+    """First activity of each user: new users per day and the cohort a user belongs to."""
+
+    __tablename__ = "users"
+
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    first_day: Mapped[date] = mapped_column(Date)
+    first_month: Mapped[str] = mapped_column(String(7))  # YYYY-MM, portable across databases
+    department: Mapped[str | None] = mapped_column(String(128))
+
+
+class UserDay(Base):
+    __tablename__ = "user_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    department: Mapped[str | None] = mapped_column(String(128))
+    requests: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_user_days_user_id", "user_id"),)
+
+
+class UserMonth(Base):
+    __tablename__ = "user_months"
+
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
+class DepartmentDay(Base):
+    __tablename__ = "department_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    department: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    active_users: Mapped[int] = mapped_column(Integer)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_ref: Mapped[str] = mapped_column(String(128))  # trace id or engine request id
+    rating: Mapped[int] = mapped_column(Integer)  # +1 thumbs up, -1 thumbs down
+    reason: Mapped[str | None] = mapped_column(String(32))
+    comment: Mapped[str | None] = mapped_column(String(2000))  # only when explicitly enabled
+    model: Mapped[str | None] = mapped_column(String(256))
+    department: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime())
+
+    __table_args__ = (Index("ix_feedback_created_at", "created_at"),)
+
+
+class RollupState(Base):
+    __tablename__ = "rollup_state"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[datetime] = mapped_column(DateTime())

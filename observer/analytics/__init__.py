@@ -1,0 +1,1 @@
+"""Business analytics on the request store: rollups, adoption metrics, cost, scheduled jobs."""

@@ -1,0 +1,111 @@
+"""Self-hosted cost versus what the same tokens would cost on a public API.
+
+Self-hosted = GPUs x hours x GPU-hour cost (a rental price, or purchase price amortized over its
+life plus hosting) + energy x electricity price. Energy is measured (``gpu_energy_joules_total``
+from Prometheus) when a Prometheus URL is configured, else estimated from an assumed average draw.
+Chargeback splits the self-hosted cost by each department's share of tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import httpx
+
+from observer.config import CostSettings
+
+JOULES_PER_KWH = 3.6e6
+
+
+@dataclass
+class CostReport:
+    window_days: int
+    currency: str
+    input_tokens: int
+    output_tokens: int
+    public_api_model: str
+    public_api_cost: float
+    gpu_hours: float
+    gpu_cost: float
+    energy_kwh: float
+    energy_source: str  # measured | assumed
+    energy_cost: float
+    self_hosted_cost: float
+    self_hosted_per_million_tokens: float | None
+    public_api_per_million_tokens: float | None
+    savings: float
+    by_department: list[dict]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def public_api_cost(cfg: CostSettings, input_tokens: int, output_tokens: int) -> float:
+    ref = cfg.reference
+    return input_tokens / 1e6 * ref.input_per_million + output_tokens / 1e6 * ref.output_per_million
+
+
+def measured_energy_kwh(prometheus_url: str, window_days: int) -> float | None:
+    """Energy of every GPU over the window from Prometheus, or None if it can't say."""
+    query = f"sum(increase(gpu_energy_joules_total[{window_days}d]))"
+    try:
+        resp = httpx.get(f"{prometheus_url.rstrip('/')}/api/v1/query", params={"query": query}, timeout=5)
+        result = resp.json()["data"]["result"]
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None
+    if not result:
+        return None
+    return float(result[0]["value"][1]) / JOULES_PER_KWH
+
+
+def cost_report(
+    cfg: CostSettings,
+    window_days: int,
+    input_tokens: int,
+    output_tokens: int,
+    departments: list[tuple[str, int, int]],  # (department, input tokens, output tokens)
+    energy_kwh: float | None = None,
+) -> CostReport:
+    hours = window_days * 24
+    gpu_hours = cfg.gpus * hours
+    gpu_cost = gpu_hours * cfg.gpu_hour_cost
+    source = "measured"
+    if energy_kwh is None:
+        energy_kwh = cfg.gpus * cfg.assumed_gpu_power_watts * hours / 1000
+        source = "assumed"
+    energy_cost = energy_kwh * cfg.electricity_per_kwh
+    self_hosted = gpu_cost + energy_cost
+    public = public_api_cost(cfg, input_tokens, output_tokens)
+    total = input_tokens + output_tokens
+    by_department = []
+    for dept, i, o in departments:
+        share = (i + o) / total if total else 0.0
+        by_department.append(
+            {
+                "department": dept,
+                "input_tokens": i,
+                "output_tokens": o,
+                "token_share": round(share, 6),
+                "self_hosted_cost": round(self_hosted * share, 2),
+                "public_api_cost": round(public_api_cost(cfg, i, o), 2),
+            }
+        )
+    by_department.sort(key=lambda d: -d["self_hosted_cost"])
+    return CostReport(
+        window_days=window_days,
+        currency=cfg.currency,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        public_api_model=cfg.reference.model,
+        public_api_cost=round(public, 2),
+        gpu_hours=gpu_hours,
+        gpu_cost=round(gpu_cost, 2),
+        energy_kwh=round(energy_kwh, 3),
+        energy_source=source,
+        energy_cost=round(energy_cost, 2),
+        self_hosted_cost=round(self_hosted, 2),
+        self_hosted_per_million_tokens=round(self_hosted / (total / 1e6), 4) if total else None,
+        public_api_per_million_tokens=round(public / (total / 1e6), 4) if total else None,
+        savings=round(public - self_hosted, 2),
+        by_department=by_department,
+    )
