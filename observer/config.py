@@ -184,22 +184,72 @@ class AnalyticsSettings(_Section):
         return self
 
 
-class SloSettings(_Section):
-    """Targets and thresholds shared by alerts and dashboards (one source of truth)."""
+class BurnWindow(_Section):
+    """One multi-window multi-burn-rate pair (SRE workbook, table 5-8)."""
 
-    ttft_p95_target_s: float = Field(2.5, gt=0)
-    ttft_slo_objective: float = Field(0.99, gt=0, lt=1)
+    long: str
+    short: str
+    factor: float = Field(gt=0)
+    severity: str = Field(pattern="^(critical|warning)$")
+    for_: str = Field("0m", alias="for")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _workbook_windows() -> list[BurnWindow]:
+    return [
+        BurnWindow(long="1h", short="5m", factor=14.4, severity="critical", **{"for": "2m"}),
+        BurnWindow(long="6h", short="30m", factor=6, severity="critical", **{"for": "15m"}),
+        BurnWindow(long="1d", short="2h", factor=3, severity="warning", **{"for": "1h"}),
+        BurnWindow(long="3d", short="6h", factor=1, severity="warning", **{"for": "3h"}),
+    ]
+
+
+class SloSettings(_Section):
+    """Targets and thresholds shared by alerts and dashboards (one source of truth).
+
+    The TTFT SLO counts a request as good when its TTFT is at most ``ttft_target_s``; that value
+    must be one of vLLM's TTFT bucket bounds, since the SLI is ``count - bucket{le=target}``.
+    """
+
+    ttft_target_s: float = Field(2.5, gt=0)
+    ttft_objective: float = Field(0.99, gt=0, lt=1)
+    error_objective: float = Field(0.995, gt=0, lt=1)  # share of requests not ending in error/abort
+    period_days: int = Field(30, ge=1)
+    burn_windows: list[BurnWindow] = Field(default_factory=_workbook_windows)
     itl_p95_target_s: float = Field(0.1, gt=0)
     kv_cache_warning_ratio: float = Field(0.90, gt=0, le=1)
     kv_cache_critical_ratio: float = Field(0.98, gt=0, le=1)
+    queue_waiting_threshold: float = Field(10, ge=0)
+    ttft_spike_factor: float = Field(3.0, gt=1)
+    ttft_spike_floor_s: float = Field(1.0, ge=0)  # below this p95, a relative spike is noise
+    preemptions_per_second_threshold: float = Field(1.0, gt=0)
     gpu_temperature_warning_celsius: float = Field(85, gt=0)
-    gpu_memory_warning_ratio: float = Field(0.95, gt=0, le=1)
+    gpu_memory_warning_ratio: float = Field(0.97, gt=0, le=1)  # vLLM preallocates 0.9 by default
+    collector_rejected_ratio: float = Field(0.05, gt=0, le=1)
+    dau_drop_ratio: float = Field(0.3, gt=0, lt=1)  # week-over-week drop of DAU that opens a ticket
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
+        from observer.catalog import VLLM_TTFT_BUCKETS
+
         if self.kv_cache_warning_ratio >= self.kv_cache_critical_ratio:
             raise ValueError("kv_cache_warning_ratio must be below kv_cache_critical_ratio")
+        if self.ttft_target_s not in VLLM_TTFT_BUCKETS:
+            raise ValueError(f"ttft_target_s must be a TTFT bucket bound, one of {list(VLLM_TTFT_BUCKETS)}")
         return self
+
+
+class AlertingSettings(_Section):
+    """Where the metrics come from (scrape job names) and where runbooks live."""
+
+    engine_job: str = "llm-engines"
+    engine_exporter_job: str = "llm-engine-exporter"
+    gpu_job: str = "gpu"
+    observer_job: str = "observer"
+    runbook_url: str = "https://github.com/llm-observer/llm-observer/blob/main/docs/runbooks.md"
+    # Per-alert "for" durations replacing the built-in ones, e.g. {LLMKVCacheSaturated: 5m}.
+    for_overrides: dict[str, str] = Field(default_factory=dict)
 
 
 class Settings(_Section):
@@ -211,6 +261,7 @@ class Settings(_Section):
     analytics: AnalyticsSettings = Field(default_factory=AnalyticsSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
+    alerting: AlertingSettings = Field(default_factory=AlertingSettings)
 
     def with_overrides(self, section: str, **values: Any) -> Settings:
         """A copy with some keys of one section replaced (``None`` values are ignored), re-validated."""

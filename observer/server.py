@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import PROCESS_COLLECTOR, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from observer.alerting import webhook
 from observer.analytics.service import AnalyticsService, FeedbackError
 from observer.collector.ingest import Collector, utcnow
 from observer.collector.otlp import JSON, OtlpError, decompress, error_body, media_type, success_body
@@ -240,5 +241,31 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
         except Exception:
             return JSONResponse({"error": "store unavailable"}, 503, {"Retry-After": str(cfg.retry_after_s)})
         return JSONResponse(result, 201)
+
+    @app.post("/api/v1/alerts/webhook")
+    async def alerts_webhook(request: Request) -> Response:
+        """Alertmanager webhook (version 4): every notification goes into the incident log."""
+        if not _authorized(request):
+            return JSONResponse({"error": "missing or wrong bearer token"}, 401)
+        try:
+            rows = webhook.parse(await request.json())
+        except (ValueError, webhook.WebhookError) as exc:
+            return JSONResponse({"error": str(exc) or "body must be JSON"}, 400)
+        try:
+            await run_in_threadpool(webhook.store, store.engine, rows)
+        except Exception:
+            return JSONResponse({"error": "store unavailable"}, 503, {"Retry-After": str(cfg.retry_after_s)})
+        return JSONResponse({"stored": len(rows)})
+
+    @app.get("/api/v1/alerts")
+    async def alerts_history(
+        limit: int = Query(100, ge=1, le=1000), status: str | None = None, alertname: str | None = None
+    ) -> Response:
+        """The incident log, newest first."""
+        try:
+            rows = await run_in_threadpool(webhook.history, store.engine, limit, status, alertname)
+        except Exception:
+            return JSONResponse({"error": "store unavailable"}, 503, {"Retry-After": str(cfg.retry_after_s)})
+        return JSONResponse({"alerts": rows})
 
     return app

@@ -12,11 +12,11 @@ def test_defaults_work_without_a_file(tmp_path, monkeypatch):
 
 def test_yaml_then_environment_override(tmp_path):
     path = tmp_path / "observer.yaml"
-    path.write_text("simulator:\n  num_gpu_blocks: 100\n  model: a\nslo:\n  ttft_p95_target_s: 1.5\n")
+    path.write_text("simulator:\n  num_gpu_blocks: 100\n  model: a\nslo:\n  ttft_target_s: 5.0\n")
     settings = load_settings(path, environ={"OBSERVER_SIMULATOR__NUM_GPU_BLOCKS": "512"})
     assert settings.simulator.num_gpu_blocks == 512  # environment wins over the file
     assert settings.simulator.model == "a"
-    assert settings.slo.ttft_p95_target_s == 1.5
+    assert settings.slo.ttft_target_s == 5.0
 
 
 def test_config_path_from_environment(tmp_path):
@@ -64,3 +64,8 @@ def test_cli_override_is_validated():
     with pytest.raises(ConfigError, match=r"simulator\.block_size = 0"):
         Settings().with_overrides("simulator", block_size=0)
     assert Settings().with_overrides("simulator", block_size=32, model=None).simulator.block_size == 32
+
+
+def test_ttft_target_must_be_a_bucket_bound():
+    with pytest.raises(ConfigError, match="TTFT bucket bound"):
+        load_settings(environ={"OBSERVER_SLO__TTFT_TARGET_S": "2.4"})

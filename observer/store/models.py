@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     UniqueConstraint,
     text,
 )
@@ -149,3 +150,27 @@ class RollupState(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[datetime] = mapped_column(DateTime())
+
+
+class AlertEvent(Base):
+    """The incident log: one row per alert episode and status, from Alertmanager's webhook."""
+
+    __tablename__ = "alert_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # firing | resolved
+    starts_at: Mapped[datetime] = mapped_column(DateTime())
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime())
+    alertname: Mapped[str] = mapped_column(String(128))
+    severity: Mapped[str | None] = mapped_column(String(32))
+    labels: Mapped[str] = mapped_column(Text)  # JSON
+    annotations: Mapped[str] = mapped_column(Text)  # JSON
+    receiver: Mapped[str | None] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(DateTime())
+    notifications: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (
+        UniqueConstraint("fingerprint", "starts_at", "status"),
+        Index("ix_alert_events_received_at", "received_at"),
+    )

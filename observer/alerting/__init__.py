@@ -1,0 +1,1 @@
+"""The incident log: Alertmanager webhook (v4) in, alert history out."""

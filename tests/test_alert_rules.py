@@ -1,0 +1,311 @@
+"""Alert rules as code: generated files, promtool, amtool, runbooks, catalog coverage, the webhook,
+and the whole chain simulator -> exporter -> Prometheus -> Alertmanager -> observer serve."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from support import Process, Prometheus, binary, observer_server, simulator
+
+from alerts.rules import alert_groups, all_alert_names, recording_groups, render
+from observer.catalog import CATALOG, exposed_series_names
+from observer.config import Settings
+from observer.load.generator import LoadConfig, run_load
+from observer.netutil import free_port
+from observer.promql import metric_names
+
+ALERTS_DIR = Path(__file__).resolve().parents[1] / "alerts"
+RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks.md"
+
+
+def test_generated_files_are_up_to_date():
+    for rel, text in render(Settings()).items():
+        path = ALERTS_DIR / rel
+        assert path.exists(), f"{rel} missing: run `python -m alerts`"
+        assert path.read_text() == text, f"{rel} drifted from observer/config.py: run `python -m alerts`"
+
+
+def test_promtool_check_rules():
+    out = subprocess.run(
+        [
+            binary("promtool"),
+            "check",
+            "rules",
+            *sorted(str(p) for p in (ALERTS_DIR / "generated").glob("*.yml")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SUCCESS" in out.stdout
+
+
+def test_promtool_unit_tests_cover_every_alert_positive_and_negative():
+    tests = [yaml.safe_load(p.read_text()) for p in sorted((ALERTS_DIR / "tests").glob("*.yml"))]
+    fires, silent = set(), set()
+    for t in tests:
+        for group in t["tests"]:
+            for check in group["alert_rule_test"]:
+                (fires if check.get("exp_alerts") else silent).add(check["alertname"])
+    names = set(all_alert_names(Settings()))
+    assert names <= fires, f"alerts without a firing test: {names - fires}"
+    assert names - {"Watchdog"} <= silent, f"alerts without a negative test: {names - silent - {'Watchdog'}}"
+    out = subprocess.run(
+        [binary("promtool"), "test", "rules", *sorted(str(p) for p in (ALERTS_DIR / "tests").glob("*.yml"))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_mutated_threshold_is_caught_by_the_unit_tests(tmp_path):
+    """The tests discriminate: rules generated with another KV threshold fail them."""
+    settings = Settings.model_validate({"slo": {"kv_cache_warning_ratio": 0.96}})
+    (tmp_path / "generated").mkdir()
+    for rel, text in render(settings).items():
+        if rel.startswith("generated/"):
+            (tmp_path / rel).write_text(text)
+    test = yaml.safe_load((ALERTS_DIR / "tests" / "engine_test.yml").read_text())
+    test["tests"] = [g for g in test["tests"] if g["name"] == "kv cache near full"]
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "t.yml").write_text(yaml.safe_dump(test))
+    out = subprocess.run(
+        [binary("promtool"), "test", "rules", str(tmp_path / "tests" / "t.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0 and "LLMKVCacheNearFull" in out.stdout + out.stderr
+
+
+def test_every_alert_is_well_formed_and_has_a_runbook_section():
+    anchors = {m.group(1).lower() for m in re.finditer(r"^## (\S+)", RUNBOOKS.read_text(), re.M)}
+    for group in alert_groups(Settings()):
+        assert len(group["rules"]) <= 20
+        for rule in group["rules"]:
+            name, ann = rule["alert"], rule["annotations"]
+            assert re.fullmatch(r"[A-Z][A-Za-z]+", name) and len(name) <= 40
+            assert rule["labels"]["severity"] in ("critical", "warning", "info", "none")
+            assert ann["summary"][0].isupper() and ann["summary"].endswith(".") and "{{" not in ann["summary"]
+            if name != "Watchdog":  # constant by nature, as in kube-prometheus
+                assert "{{" in ann["description"], f"{name}: description must be templated"
+            anchor = ann["runbook_url"].split("#", 1)[1]
+            assert anchor == name.lower() and anchor in anchors, f"{name}: no '## {name}' in docs/runbooks.md"
+
+
+def test_every_metric_in_the_rules_is_in_the_catalog_or_recorded():
+    s = Settings()
+    known = {n for spec in CATALOG for n in exposed_series_names(spec)} | {"up"}
+    recorded = {r["record"] for g in recording_groups(s) for r in g["rules"]}
+    for group in recording_groups(s) + alert_groups(s):
+        for rule in group["rules"]:
+            unknown = metric_names(rule["expr"]) - known - recorded
+            assert not unknown, f"{rule.get('record') or rule.get('alert')}: {unknown} not in the catalog"
+
+
+def test_thresholds_come_from_the_config():
+    s = Settings.model_validate(
+        {
+            "slo": {"kv_cache_warning_ratio": 0.8, "queue_waiting_threshold": 42},
+            "alerting": {"for_overrides": {"LLMKVCacheSaturated": "7s"}},
+        }
+    )
+    rules = {r["alert"]: r for g in alert_groups(s) for r in g["rules"]}
+    assert "> 0.8" in rules["LLMKVCacheNearFull"]["expr"]
+    assert "> 42" in rules["LLMRequestQueueBuildingUp"]["expr"]
+    assert rules["LLMKVCacheSaturated"]["for"] == "7s"
+    with pytest.raises(ValueError, match="unknown alerts"):
+        alert_groups(Settings.model_validate({"alerting": {"for_overrides": {"Nope": "1m"}}}))
+
+
+def test_alertmanager_example_config_and_routes():
+    amtool = binary("amtool")
+    cfg = str(ALERTS_DIR / "alertmanager.yml")
+    assert subprocess.run([amtool, "check-config", cfg], capture_output=True, timeout=30).returncode == 0
+
+    def route(*labels: str) -> str:
+        out = subprocess.run(
+            [amtool, "config", "routes", "test", f"--config.file={cfg}", *labels],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout.strip()
+
+    assert route("alertname=Watchdog", "severity=none") == "heartbeat"
+    assert route("alertname=LLMKVCacheSaturated", "severity=critical") == "pager,observer-webhook"
+    assert route("alertname=GPUOverTemperature", "severity=warning") == "tickets,observer-webhook"
+
+
+def _payload(status: str, starts: str = "2026-11-21T10:00:00Z", ends: str = "0001-01-01T00:00:00Z") -> dict:
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="LLMKVCacheSaturated"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "observer-webhook",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://am",
+        "notification_reason": "new",
+        "routeLabels": {},
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": "LLMKVCacheSaturated", "severity": "critical", "model": "m"},
+                "annotations": {"summary": "KV cache is saturated."},
+                "startsAt": starts,
+                "endsAt": ends,
+                "generatorURL": "http://prom",
+                "fingerprint": "abc123",
+                "someFutureField": 1,
+            }
+        ],
+    }
+
+
+def test_webhook_keeps_an_idempotent_incident_log(tmp_path):
+    with observer_server("serve", "--db", f"sqlite:///{tmp_path / 'o.db'}", ready_path="/healthz") as (
+        base,
+        _,
+    ):
+        for _ in range(3):  # repeat notifications of one episode
+            assert httpx.post(base + "/api/v1/alerts/webhook", json=_payload("firing")).json() == {
+                "stored": 1
+            }
+        resolved = _payload("resolved", ends="2026-11-21T10:05:00Z")
+        assert httpx.post(base + "/api/v1/alerts/webhook", json=resolved).status_code == 200
+        log = httpx.get(base + "/api/v1/alerts").json()["alerts"]
+        assert [(a["status"], a["notifications"]) for a in log] == [("resolved", 1), ("firing", 3)]
+        assert log[0]["ends_at"] == "2026-11-21T10:05:00Z" and log[1]["ends_at"] is None
+        assert log[1]["labels"]["model"] == "m" and log[1]["severity"] == "critical"
+        assert (
+            httpx.get(base + "/api/v1/alerts", params={"status": "firing"}).json()["alerts"][0]["status"]
+            == "firing"
+        )
+        for bad in ({"alerts": "x"}, {"alerts": [{"labels": {}, "status": "weird"}]}, [1, 2]):
+            assert httpx.post(base + "/api/v1/alerts/webhook", json=bad).status_code == 400
+
+
+class Alertmanager:
+    def __init__(self, webhook_url: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="am-"))
+        self.port = free_port()
+        config = {
+            "route": {
+                "receiver": "observer",
+                "group_by": ["alertname", "model"],
+                "group_wait": "1s",
+                "group_interval": "1s",
+                "repeat_interval": "1h",
+            },
+            "receivers": [
+                {"name": "observer", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}
+            ],
+        }
+        (self.dir / "am.yml").write_text(yaml.safe_dump(config))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = Process(
+            [
+                binary("prometheus-alertmanager"),
+                f"--config.file={self.dir / 'am.yml'}",
+                f"--storage.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            "alertmanager",
+        )
+        from support import wait_http
+
+        wait_http(self.url + "/-/ready", proc=self.proc.proc)
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):
+    """Overloaded simulator -> engine exporter -> Prometheus (rules) -> Alertmanager -> webhook log."""
+    settings = Settings.model_validate(
+        {
+            "slo": {"kv_cache_warning_ratio": 0.8, "kv_cache_critical_ratio": 0.9},
+            "alerting": {"for_overrides": {"LLMKVCacheSaturated": "2s"}},
+        }
+    )
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for rel, text in render(settings).items():
+        if rel.startswith("generated/"):
+            (rules / Path(rel).name).write_text(text)
+    sim_flags = ("--num-gpu-blocks", "128", "--max-num-seqs", "64", "--max-num-batched-tokens", "2048")
+    with (
+        simulator("--model", "m-e2e", *sim_flags) as (sim, _),
+        observer_server("engine-exporter") as (exporter, _),
+        observer_server("serve", "--db", f"sqlite:///{tmp_path / 'o.db'}", ready_path="/healthz") as (
+            serve,
+            _,
+        ),
+    ):
+        am = Alertmanager(serve + "/api/v1/alerts/webhook")
+        target = sim.removeprefix("http://")
+        job = {
+            "job_name": "llm-engines",
+            "metrics_path": "/probe",
+            "scrape_interval": "1s",
+            "scrape_timeout": "1s",
+            "static_configs": [{"targets": [target]}],
+            "relabel_configs": [
+                {"source_labels": ["__address__"], "target_label": "__param_target"},
+                {"source_labels": ["__param_target"], "target_label": "instance"},
+                {"target_label": "__address__", "replacement": exporter.removeprefix("http://")},
+            ],
+        }
+        prom = Prometheus(
+            [job],
+            rule_files=sorted(str(p) for p in rules.glob("*.yml")),
+            alertmanager=am.url.removeprefix("http://"),
+        )
+        try:
+            prom.wait_for('llm_engine_up{job="llm-engines"} == 1')
+            load = LoadConfig(
+                target=sim,
+                rps=40,
+                duration=8,
+                users=20,
+                mix={"chat": 1.0},
+                ignore_eos=True,
+                grace_s=2,
+                seed=3,
+            )
+            start = time.monotonic()
+            asyncio.run(run_load(load))  # returns once the overload is over (stragglers cancelled)
+
+            def events(status: str) -> list[dict]:
+                log = httpx.get(serve + "/api/v1/alerts", params={"alertname": "LLMKVCacheSaturated"}).json()
+                return [a for a in log["alerts"] if a["status"] == status]
+
+            deadline = time.monotonic() + 30
+            while not events("firing") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            firing = events("firing")
+            assert firing, "LLMKVCacheSaturated never reached the webhook"
+            assert firing[0]["labels"]["model"] == "m-e2e" and firing[0]["labels"]["instance"] == target
+            assert firing[0]["annotations"]["runbook_url"].endswith("#llmkvcachesaturated")
+            while not events("resolved") and time.monotonic() < deadline + 30:
+                time.sleep(0.5)
+            assert events("resolved"), "the resolution never arrived after the load stopped"
+            print(f"\nKV saturation: fired and resolved end to end within {time.monotonic() - start:.0f}s")
+        finally:
+            prom.stop()
+            am.stop()
