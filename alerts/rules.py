@@ -444,5 +444,11 @@ def render(s: Settings) -> dict[str, str]:
     return files
 
 
+def group_eval_order(s: Settings) -> list[str]:
+    """Recording groups before alert groups, as Prometheus effectively does every cycle in steady
+    state; promtool needs it spelled out or it may evaluate an alert before the rule it reads."""
+    return [g["name"] for g in recording_groups(s)] + [g["name"] for g in alert_groups(s)]
+
+
 def all_alert_names(s: Settings) -> list[str]:
     return sorted({a.name for group in alerts(s).values() for a in group})

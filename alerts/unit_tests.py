@@ -11,6 +11,12 @@ from typing import Any
 
 from observer.config import Settings
 
+
+def group_eval_order(settings: Settings) -> list[str]:
+    from alerts.rules import group_eval_order as order
+
+    return order(settings)
+
 ENGINE = {"job": "llm-engines", "instance": "vllm-0:8000", "model": "m"}
 GPU = {"job": "gpu", "instance": "node-a:9835", "gpu": "0", "uuid": "GPU-0"}
 OBS = {"job": "observer", "instance": "observer:4318"}
@@ -614,6 +620,7 @@ def build(settings: Settings) -> dict[str, dict[str, Any]]:
         f"{name}_test.yml": {
             "rule_files": ["../generated/recording_rules.yml", "../generated/alert_rules.yml"],
             "evaluation_interval": "5m" if name == "business" else "1m",
+            "group_eval_order": group_eval_order(settings),
             "tests": groups,
         }
         for name, groups in c.groups.items()

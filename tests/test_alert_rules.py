@@ -309,3 +309,18 @@ def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):
         finally:
             prom.stop()
             am.stop()
+
+
+def test_incident_scenarios_detected_in_time_and_nothing_unrelated(tmp_path):
+    """A normal diurnal day pages nobody; each incident fires its alert within budget, alone."""
+    from alerts.scenarios import run
+
+    results = run(Settings(), tmp_path, promtool=binary("promtool"))
+    report = "\n".join(
+        f"  {r.scenario:<30} {r.alert or '(no alert expected)':<32} "
+        f"detected after {r.detected_after_min} min (budget {r.budget_min})"
+        for r in results
+    )
+    print("\nscenario detection times:\n" + report)
+    assert all(r.passed for r in results), report
+    assert len(results) == 8
