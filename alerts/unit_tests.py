@@ -17,6 +17,7 @@ def group_eval_order(settings: Settings) -> list[str]:
 
     return order(settings)
 
+
 ENGINE = {"job": "llm-engines", "instance": "vllm-0:8000", "model": "m"}
 GPU = {"job": "gpu", "instance": "node-a:9835", "gpu": "0", "uuid": "GPU-0"}
 OBS = {"job": "observer", "instance": "observer:4318"}
