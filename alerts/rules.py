@@ -146,7 +146,14 @@ def recording_groups(s: Settings) -> list[dict[str, Any]]:
         },
         {
             "record": "llm:cost_self_hosted:per_million_tokens",
-            "expr": f"llm:cost_self_hosted:per_hour / ({tokens_per_hour} / 1e6)",
+            "expr": f"llm:cost_self_hosted:per_hour / ignoring(currency) ({tokens_per_hour} / 1e6)",
+        },
+        {
+            "record": "llm:cost_public_api_equivalent:per_million_tokens",
+            "expr": f"(sum(rate(llm_prompt_tokens_total{{{E}}}[1h])) * {c.reference.input_per_million:g}"
+            f" + sum(rate(llm_generation_tokens_total{{{E}}}[1h])) * {c.reference.output_per_million:g})"
+            f" / (sum(rate(llm_prompt_tokens_total{{{E}}}[1h])) + sum(rate(llm_generation_tokens_total{{{E}}}[1h])))",
+            "labels": {"currency": c.currency},
         },
     ]
     return [

@@ -306,8 +306,8 @@ def load(**opts: Any) -> None:
 
 @cli.command()
 @click.option("--engines", type=int, default=2, show_default=True, help="Simulated engines to start.")
-@click.option("--users", type=int, default=200, show_default=True, help="Synthetic users.")
-@click.option("--rps", type=float, default=4.0, show_default=True, help="Total request rate.")
+@click.option("--users", type=int, default=300, show_default=True, help="Synthetic users per engine.")
+@click.option("--rps", type=float, default=6.0, show_default=True, help="Total request rate.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
 def demo(engines: int, users: int, rps: float, duration: float | None) -> None:
     """The stack on this machine without Docker, with synthetic users and a live terminal view."""

@@ -1,11 +1,10 @@
-"""``observer demo``: the stack on one machine, no Docker.
+"""``observer demo``: the stack on one machine, no Docker, with synthetic users and a live view.
 
-Starts each component as its own ``observer`` subprocess on loopback ports (so a crash in one
-is visible, not fatal), drives the simulators with synthetic users, and shows a live terminal view
-of the key engine signals. Ctrl-C (or ``--duration``) stops everything cleanly.
-
-Components grow with the project: simulators and the load generator now; exporters, the collector,
-Prometheus and Alertmanager join as their issues land.
+Starts :class:`observer.stack.Stack` (simulated engines, exporters with fake GPUs, observer serve on
+SQLite, plus Prometheus and Alertmanager when installed), drives every engine with the synthetic
+company (users in departments with daily habits, gateway spans, feedback), prints the URLs and
+keeps a terminal view of the key panels and firing alerts. Ctrl-C or ``--duration`` stops
+everything cleanly.
 """
 
 from __future__ import annotations
@@ -13,160 +12,160 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
 from observer.load.generator import LoadConfig, run_load
-from observer.netutil import free_port
+from observer.stack import Stack, StackOptions
 
 
-@dataclass
-class Component:
-    name: str
-    url: str
-    proc: subprocess.Popen
-    last: dict[str, float] = field(default_factory=dict)
-
-
-def _spawn(name: str, args: list[str], host: str = "127.0.0.1") -> Component:
-    port = free_port(host)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "observer.cli", *args, "--listen", f"{host}:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    return Component(name, f"http://{host}:{port}", proc)
-
-
-def _wait_ready(components: list[Component], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    for c in components:
-        while True:
-            if c.proc.poll() is not None:
-                raise RuntimeError(f"{c.name} exited with {c.proc.returncode}")
-            try:
-                if httpx.get(c.url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{c.name} did not start")
-            time.sleep(0.1)
-
-
-def _engine_row(c: Component, elapsed: float) -> list[str]:
+def _query(prom: str, expr: str) -> list[dict]:
     try:
-        text = httpx.get(c.url + "/metrics", timeout=2).text
-    except httpx.HTTPError:
-        return [c.name, "[red]down", "", "", "", "", ""]
-    values: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name.startswith("vllm:") and not s.name.endswith("_created"):
-                key = s.name + ("" if "le" not in s.labels else f"@{s.labels['le']}")
-                values[key] = values.get(key, 0.0) + s.value
-    prev = c.last or values
-    dt = max(elapsed, 1e-6)
-    gen_rate = (
-        values.get("vllm:generation_tokens_total", 0) - prev.get("vllm:generation_tokens_total", 0)
-    ) / dt
-    # TTFT p95 over the last interval from bucket deltas, as Prometheus' histogram_quantile does.
-    buckets = sorted(
-        (float(k.split("@")[1]), v - prev.get(k, 0.0))
-        for k, v in values.items()
-        if k.startswith("vllm:time_to_first_token_seconds_bucket@") and not k.endswith("+Inf")
+        body = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=3).json()
+        return body["data"]["result"] if body.get("status") == "success" else []
+    except (httpx.HTTPError, ValueError, KeyError):
+        return []
+
+
+def _value(results: list[dict], default: str = "-", fmt: str = "{:.0f}") -> str:
+    return fmt.format(float(results[0]["value"][1])) if results else default
+
+
+def _by(results: list[dict], label: str) -> dict[str, float]:
+    return {r["metric"].get(label, ""): float(r["value"][1]) for r in results}
+
+
+def view(stack: Stack, elapsed: float) -> Group:
+    prom = stack.prometheus_url
+    engines = Table(title=f"LLM Observer demo - {elapsed:.0f}s (Ctrl-C stops)", expand=True)
+    for col in ("engine", "model", "up", "running", "waiting", "KV cache", "gen tok/s", "TTFT p95"):
+        engines.add_column(col, justify="left" if col in ("engine", "model") else "right")
+    tables: list[Table] = [engines]
+    if prom is None:
+        engines.add_row("(Prometheus not installed: run `make demo`, which installs it)", *[""] * 7)
+        return Group(*tables)
+    up = _by(_query(prom, "llm_engine_up"), "instance")
+    running = _by(_query(prom, "sum by (instance) (llm_requests_running)"), "instance")
+    waiting = _by(_query(prom, "sum by (instance) (llm_requests_waiting)"), "instance")
+    kv = _by(_query(prom, "max by (instance) (llm_kv_cache_usage_ratio)"), "instance")
+    gen = _by(_query(prom, "sum by (instance) (rate(llm_generation_tokens_total[30s]))"), "instance")
+    ttft = _by(_query(prom, "max by (instance) (llm:time_to_first_token_seconds:p95_5m)"), "instance")
+    models = {r["metric"]["instance"]: r["metric"].get("model", "") for r in _query(prom, "llm_engine_info")}
+    for i, e in enumerate(stack.engines):
+        inst = e.url.removeprefix("http://")
+        k = kv.get(inst)
+        style = "red" if k and k >= 0.95 else "yellow" if k and k >= 0.8 else "green"
+        engines.add_row(
+            f"engine-{i}",
+            models.get(inst, ""),
+            "[green]1" if up.get(inst) == 1 else "[red]0",
+            f"{running.get(inst, 0):.0f}",
+            f"{waiting.get(inst, 0):.0f}",
+            f"[{style}]{k:.0%}" if k is not None else "-",
+            f"{gen.get(inst, 0):.0f}",
+            f"{ttft[inst]:.2f}s" if inst in ttft and ttft[inst] == ttft[inst] else "-",
+        )
+    business = Table(title="Fleet, users and cost", expand=True)
+    for col in (
+        "GPUs up",
+        "GPU util",
+        "power",
+        "DAU",
+        "MAU",
+        "DAU/MAU",
+        "requests (traces)",
+        "self-hosted $/1M tok",
+        "public API $/1M tok",
+    ):
+        business.add_column(col, justify="right")
+    business.add_row(
+        _value(_query(prom, "sum(gpu_up)")),
+        _value(_query(prom, "avg(gpu_utilization_ratio)"), fmt="{:.0%}"),
+        _value(_query(prom, "sum(gpu_power_watts)"), fmt="{:.0f} W"),
+        _value(_query(prom, 'sum(llm_active_users{window="1d"})')),
+        _value(_query(prom, 'sum(llm_active_users{window="30d"})')),
+        _value(_query(prom, "max(llm_users_stickiness_ratio)"), fmt="{:.2f}"),
+        _value(_query(prom, "sum(llm_usage_requests_total)")),
+        _value(_query(prom, "llm:cost_self_hosted:per_million_tokens"), fmt="{:,.2f}"),
+        _value(_query(prom, "llm:cost_public_api_equivalent:per_million_tokens"), fmt="{:,.2f}"),
     )
-    count = values.get("vllm:time_to_first_token_seconds_count", 0) - prev.get(
-        "vllm:time_to_first_token_seconds_count", 0
-    )
-    p95 = next((le for le, n in buckets if count and n >= 0.95 * count), None)
-    c.last = values
-    kv = values.get("vllm:kv_cache_usage_perc", 0.0)
-    kv_style = "red" if kv >= 0.95 else "yellow" if kv >= 0.8 else "green"
-    return [
-        c.name,
-        "[green]up",
-        f"{values.get('vllm:num_requests_running', 0):.0f}",
-        f"{values.get('vllm:num_requests_waiting', 0):.0f}",
-        f"[{kv_style}]{kv:.0%}",
-        f"{gen_rate:.0f}",
-        "-" if p95 is None else f"<= {p95:g}s",
-    ]
+    tables.append(business)
+    alerts = Table(title="Firing alerts", expand=True)
+    for col in ("alert", "severity", "where"):
+        alerts.add_column(col)
+    for r in _query(prom, 'ALERTS{alertstate="firing"}'):
+        m = r["metric"]
+        where = " ".join(f"{k}={m[k]}" for k in ("model", "instance", "gpu") if k in m)
+        color = {"critical": "red", "warning": "yellow"}.get(m.get("severity", ""), "dim")
+        alerts.add_row(f"[{color}]{m['alertname']}", m.get("severity", ""), where)
+    tables.append(alerts)
+    return Group(*tables)
 
 
 async def run_demo(
-    engines: int = 2, users: int = 200, rps: float = 4.0, duration: float | None = None
+    engines: int = 2, users: int = 300, rps: float = 6.0, duration: float | None = None
 ) -> None:
     console = Console()
-    sims = [
-        _spawn(f"sim-{i}", ["simulate", "--model", model, "--seed", str(i)])
-        for i, model in enumerate(
-            ["acme/chat-8b", "acme/code-32b"][:engines] + ["acme/chat-8b"] * (engines - 2)
-        )
-    ]
-    components = sims
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    console.print(
+        "starting the stack (simulated engines, exporters, observer serve, Prometheus, Alertmanager)..."
+    )
+    stack = Stack(StackOptions(engines=engines, analytics_refresh_s=15))
     try:
-        _wait_ready(components)
-        for c in components:
-            console.print(
-                f"[bold]{c.name}[/] {c.url}  (OpenAI API at {c.url}/v1, metrics at {c.url}/metrics)"
-            )
+        await asyncio.to_thread(stack.start)
+        assert stack.serve is not None
+        console.print(
+            f"[bold]observer serve[/]    {stack.serve.url}  (OTLP /v1/traces, /api/v1/analytics/summary,"
+            " /api/v1/alerts)"
+        )
+        for e in stack.engines:
+            console.print(f"[bold]{e.name}[/]          {e.url}/v1  (OpenAI API)")
+        console.print(f"[bold]engine exporter[/]   {stack.exporter.url}/probe?target=...")
+        console.print(f"[bold]GPU exporter[/]      {stack.gpu.url}/metrics  (fake GPUs)")
+        console.print(f"[bold]Prometheus[/]        {stack.prometheus_url or 'not installed'}")
+        console.print(f"[bold]Alertmanager[/]      {stack.alertmanager_url or 'not installed'}")
+        console.print(
+            f"[dim]logs and configs in {stack.dir}; dashboards to import: dashboards/generated/*.json[/]"
+        )
         horizon = duration if duration is not None else 10**9
         loads = [
             asyncio.create_task(
                 run_load(
                     LoadConfig(
-                        target=s.url,
+                        target=e.url,
                         users=users,
-                        rps=rps / len(sims),
+                        rps=rps / len(stack.engines),
                         duration=horizon,
                         seed=i + 1,
                         grace_s=2,
+                        otlp_traces_endpoint=stack.serve.url,
+                        feedback_url=stack.serve.url,
                     )
                 )
             )
-            for i, s in enumerate(sims)
+            for i, e in enumerate(stack.engines)
         ]
         started = time.monotonic()
-        last = started
-        with Live(console=console, refresh_per_second=2) as live:
+        with Live(console=console, refresh_per_second=1) as live:
             while not stop.is_set() and (duration is None or time.monotonic() - started < duration):
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=1.0)
-                now = time.monotonic()
-                table = Table(title=f"LLM Observer demo - {now - started:.0f}s (Ctrl-C stops)")
-                for col in ("engine", "state", "running", "waiting", "KV cache", "gen tok/s", "TTFT p95"):
-                    table.add_column(col, justify="right" if col not in ("engine", "state") else "left")
-                for s in sims:
-                    table.add_row(*_engine_row(s, now - last))
-                last = now
-                live.update(table)
+                    await asyncio.wait_for(stop.wait(), timeout=2.0)
+                live.update(await asyncio.to_thread(view, stack, time.monotonic() - started))
         if not stop.is_set():
-            await asyncio.wait(loads, timeout=5)  # scripted run: let the generators print their summary
+            await asyncio.wait(loads, timeout=5)  # scripted run: let the generators finish and report
         for task in loads:
             task.cancel()
         results = await asyncio.gather(*loads, return_exceptions=True)
-        for s, r in zip(sims, results, strict=True):
+        for e, r in zip(stack.engines, results, strict=True):
             if not isinstance(r, BaseException):
-                console.print(f"[bold]{s.name}[/]\n{r.render()}")
+                console.print(f"[bold]{e.name}[/]\n{r.render()}")
     finally:
-        for c in components:
-            c.proc.terminate()
-        for c in components:
-            try:
-                c.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                c.proc.kill()
+        await asyncio.to_thread(stack.stop)
         console.print("demo stopped; every component shut down")

@@ -13,6 +13,7 @@ Measured like ``vllm bench serve``: TTFT = send -> first content chunk; TPOT per
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -47,6 +48,9 @@ class LoadConfig:
     ignore_eos: bool = False
     grace_s: float = 30.0
     department_attribute: str = "department"
+    # observer serve's base URL: synthetic users then rate some answers (POST /api/v1/feedback).
+    feedback_url: str | None = None
+    feedback_share: float = 0.2
 
     @classmethod
     def from_cli(cls, **opts: Any) -> LoadConfig:
@@ -265,6 +269,17 @@ async def _one_request(
             result.error = result.error or "stream_ended_early"
             span.set_attribute("error.type", result.error)
             span.set_status(Status(StatusCode.ERROR, result.error))
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+    if cfg.feedback_url and result.outcome == "success" and rng.random() < cfg.feedback_share:
+        # Most answers that get rated are liked; slow ones less so.
+        liked = rng.random() < (0.85 if (result.ttft or 0) < 2 else 0.5)
+        body = {
+            "trace_id": trace_id,
+            "rating": "up" if liked else "down",
+            "reason": None if liked else "slow",
+        }
+        with contextlib.suppress(httpx.HTTPError):  # best effort, like a real UI's thumbs button
+            await client.post(cfg.feedback_url.rstrip("/") + "/api/v1/feedback", json=body)
     return result
 
 
