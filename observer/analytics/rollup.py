@@ -68,7 +68,9 @@ class Rollups:
                     days.add(d)
                     d += timedelta(days=1)
             else:
-                for (started,) in conn.execute(q.distinct()):
+                # No DISTINCT: with it SQLite scans the whole started_at index instead of seeking on
+                # updated_at (10 s instead of 0.1 s on 10M rows); the set de-duplicates.
+                for (started,) in conn.execute(q):
                     days.add(local_day(started, self.tz))
         return sorted(days)
 
