@@ -267,31 +267,30 @@ def alerts(s: Settings) -> dict[str, list[Alert]]:
         f"{where} fails or aborts {{{{ $value | humanizePercentage }}}} of requests, burning the"
         f" {slo.error_objective:.1%} success objective's budget."
     )
+    budgets = (
+        (
+            "LLMTimeToFirstTokenBudgetBurn",
+            "ttft_slo_errors",
+            slo.ttft_objective,
+            "TTFT SLO error budget is burning too fast.",
+            ttft_desc,
+        ),
+        (
+            "LLMErrorBudgetBurn",
+            "request_errors",
+            slo.error_objective,
+            "Request error/abort budget is burning too fast.",
+            err_desc,
+        ),
+    )
     slos = []
-    for severity in ("critical", "warning"):
-        for_ = next((w.for_ for w in slo.burn_windows if w.severity == severity), "0m")
-        if not any(w.severity == severity for w in slo.burn_windows):
+    for severity in ("critical", "warning"):  # page pairs, then ticket pairs: one rule each
+        windows = [w for w in slo.burn_windows if w.severity == severity]
+        if not windows:
             continue
-        slos.append(
-            Alert(
-                "LLMTimeToFirstTokenBudgetBurn",
-                _burn("ttft_slo_errors", slo.ttft_objective, slo.burn_windows, severity),
-                severity,
-                "TTFT SLO error budget is burning too fast.",
-                ttft_desc,
-                for_=for_,
-            )
-        )
-        slos.append(
-            Alert(
-                "LLMErrorBudgetBurn",
-                _burn("request_errors", slo.error_objective, slo.burn_windows, severity),
-                severity,
-                "Request error/abort budget is burning too fast.",
-                err_desc,
-                for_=for_,
-            )
-        )
+        for name, sli, objective, summary, description in budgets:
+            expr = _burn(sli, objective, slo.burn_windows, severity)
+            slos.append(Alert(name, expr, severity, summary, description, for_=windows[0].for_))
 
     critical_xids = "|".join(str(x) for x in s.gpu_exporter.critical_xids)
     gpu = [

@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import tempfile
 import time
-import uuid
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support import temporary_database
 
 from observer.analytics.service import AnalyticsService
 from observer.config import Settings
@@ -165,16 +169,8 @@ def main() -> None:
         if backend == "sqlite":
             run(f"sqlite:///{tempfile.mkdtemp()}/analytics.db", "sqlite", args.requests, args.users)
         else:
-            import psycopg
-
-            db = f"observer_bench_{uuid.uuid4().hex[:8]}"
-            admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True)
-            admin.execute(f'CREATE DATABASE "{db}"')
-            try:
-                run(f"postgresql://postgres@127.0.0.1:5432/{db}", "postgresql", args.requests, args.users)
-            finally:
-                admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-                admin.close()
+            with temporary_database() as url:
+                run(url, "postgresql", args.requests, args.users)
 
 
 if __name__ == "__main__":

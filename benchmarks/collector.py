@@ -18,7 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -27,7 +26,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from support import observer_server, scrape
+from support import observer_server, scrape, temporary_database
 
 MARKER = os.urandom(8)
 
@@ -177,22 +176,8 @@ def main() -> None:
             url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
             r = run_backend("sqlite", url, payload, args.duration, args.senders)
         else:
-            import psycopg
-
-            db = f"observer_bench_{uuid.uuid4().hex[:8]}"
-            admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True)
-            admin.execute(f'CREATE DATABASE "{db}"')
-            try:
-                r = run_backend(
-                    "postgresql",
-                    f"postgresql://postgres@127.0.0.1:5432/{db}",
-                    payload,
-                    args.duration,
-                    args.senders,
-                )
-            finally:
-                admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-                admin.close()
+            with temporary_database() as url:
+                r = run_backend("postgresql", url, payload, args.duration, args.senders)
         print(
             f"{r['backend']:>10}: {r['spans_per_s']:,.0f} spans/s "
             f"({r['spans_per_s'] / ceiling:.1%} of the decode ceiling), "

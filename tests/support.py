@@ -178,6 +178,64 @@ class Prometheus:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class Alertmanager:
+    """A real Alertmanager on a loopback port delivering every alert to one webhook, fast."""
+
+    def __init__(self, webhook_url: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="am-"))
+        self.port = free_port()
+        route = {
+            "receiver": "hook",
+            "group_by": ["alertname", "model"],
+            "group_wait": "1s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        }
+        receiver = {"name": "hook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}
+        (self.dir / "am.yml").write_text(yaml.safe_dump({"route": route, "receivers": [receiver]}))
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = Process(
+            [
+                binary("prometheus-alertmanager"),
+                f"--config.file={self.dir / 'am.yml'}",
+                f"--storage.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",  # no gossip port
+                "--log.level=warn",
+            ],
+            "alertmanager",
+        )
+        try:
+            wait_http(self.url + "/-/ready", timeout=30, proc=self.proc.proc)
+        except Exception:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.proc.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextmanager
+def temporary_database(admin_url: str = "postgresql://postgres@127.0.0.1:5432/postgres") -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server (trust auth), dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"observer_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(admin_url, connect_timeout=5, autocommit=True)
+    except psycopg.OperationalError as exc:  # CI has the server; say so loudly instead of skipping
+        raise RuntimeError(f"PostgreSQL on 127.0.0.1:5432 is required: {exc}") from None
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
 class TcpProxy:
     """A loopback TCP forwarder the test can stop and start, to take a real server "down".
 

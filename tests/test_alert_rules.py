@@ -6,20 +6,18 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from support import Process, Prometheus, binary, observer_server, simulator
+from support import Alertmanager, Prometheus, binary, observer_server, simulator
 
 from alerts.rules import alert_groups, all_alert_names, recording_groups, render
 from observer.catalog import CATALOG, exposed_series_names
 from observer.config import Settings
 from observer.load.generator import LoadConfig, run_load
-from observer.netutil import free_port
 from observer.promql import metric_names
 
 ALERTS_DIR = Path(__file__).resolve().parents[1] / "alerts"
@@ -196,43 +194,6 @@ def test_webhook_keeps_an_idempotent_incident_log(tmp_path):
         )
         for bad in ({"alerts": "x"}, {"alerts": [{"labels": {}, "status": "weird"}]}, [1, 2]):
             assert httpx.post(base + "/api/v1/alerts/webhook", json=bad).status_code == 400
-
-
-class Alertmanager:
-    def __init__(self, webhook_url: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="am-"))
-        self.port = free_port()
-        config = {
-            "route": {
-                "receiver": "observer",
-                "group_by": ["alertname", "model"],
-                "group_wait": "1s",
-                "group_interval": "1s",
-                "repeat_interval": "1h",
-            },
-            "receivers": [
-                {"name": "observer", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}
-            ],
-        }
-        (self.dir / "am.yml").write_text(yaml.safe_dump(config))
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Process(
-            [
-                binary("prometheus-alertmanager"),
-                f"--config.file={self.dir / 'am.yml'}",
-                f"--storage.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",
-                "--log.level=warn",
-            ],
-            "alertmanager",
-        )
-        from support import wait_http
-
-        wait_http(self.url + "/-/ready", proc=self.proc.proc)
-
-    def stop(self) -> None:
-        self.proc.stop()
 
 
 def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):

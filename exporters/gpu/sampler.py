@@ -76,6 +76,24 @@ class Snapshot:
     cuda_version: str = ""
 
 
+class _Families:
+    """Samples grouped by metric, rendered with their catalog HELP/TYPE; None values are omitted."""
+
+    def __init__(self) -> None:
+        self._lines: dict[str, list[str]] = {}
+
+    def add(self, name: str, key: LabelKey, value: float | None) -> None:
+        if value is not None:
+            self._lines.setdefault(name, []).append(line(name, key, value))
+
+    def render(self) -> list[str]:
+        out: list[str] = []
+        for name, lines in self._lines.items():
+            out += header(name)
+            out += lines
+        return out
+
+
 class GpuSampler:
     def __init__(
         self,
@@ -311,11 +329,8 @@ class GpuSampler:
         return "\n".join(out) + "\n"
 
     def _render_native(self, snap: Snapshot) -> list[str]:
-        families: dict[str, list[str]] = {}
-
-        def add(name: str, key: LabelKey, value: float | None) -> None:
-            if value is not None:
-                families.setdefault(name, []).append(line(name, key, value))
+        families = _Families()
+        add = families.add
 
         for g in snap.gpus:
             k: LabelKey = (("gpu", str(g.index)), ("uuid", g.uuid))
@@ -369,19 +384,11 @@ class GpuSampler:
                 xids.setdefault((str(g.index), g.uuid, code), 0)
         for (index, uuid, code), n in sorted(xids.items(), key=lambda kv: (kv[0][0], kv[0][2])):
             add("gpu_xid_errors_total", (("gpu", index), ("uuid", uuid), ("xid", str(code))), n)
-
-        out: list[str] = []
-        for name, lines in families.items():
-            out += header(name)
-            out += lines
-        return out
+        return families.render()
 
     def _render_dcgm(self, snap: Snapshot) -> list[str]:
-        families: dict[str, list[str]] = {}
-
-        def add(name: str, key: LabelKey, value: float | None) -> None:
-            if value is not None:
-                families.setdefault(name, []).append(line(name, key, value))
+        families = _Families()
+        add = families.add
 
         for g in snap.gpus:
             if not g.up:
@@ -407,11 +414,7 @@ class GpuSampler:
             add("DCGM_FI_DEV_MEM_CLOCK", k, g.memory_clock)
             add("DCGM_FI_DEV_XID_ERRORS", k, self.last_xid.get(g.uuid, 0))
             add("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", k, g.pcie_replays)
-        out: list[str] = []
-        for name, lines in families.items():
-            out += header(name)
-            out += lines
-        return out
+        return families.render()
 
     def _render_self(self, snap: Snapshot) -> list[str]:
         out = [
