@@ -152,3 +152,14 @@ def test_label_escapes_round_trip():
     out = render_probe(normalize(text), True, 0.0)
     fams = {f.name: f for f in text_string_to_metric_families(out)}
     assert fams["llm_requests_running"].samples[0].labels["model"] == 'we"ird\\name'
+
+
+def test_tensorrt_llm():
+    m = probe_fixture("trtllm.txt")
+    t = {"model": "nvidia/Llama-3.1-8B-FP8", "dp_rank": "0"}
+    assert v(m, "llm_engine_info", kind="trtllm", schema="v1", **t) == 1
+    assert (v(m, "llm_requests_running", **t), v(m, "llm_requests_waiting", **t)) == (9, 4)
+    assert v(m, "llm_kv_cache_usage_ratio", **t) == 0.72
+    assert v(m, "llm_requests_finished_total", finished_reason="length", **t) == 2
+    assert v(m, "llm_time_to_first_token_seconds_bucket", le="0.1", **t) == 28
+    assert v(m, "llm_inter_token_latency_seconds_count", **t) == 992
