@@ -127,6 +127,9 @@ class CollectorSettings(_Section):
 class StoreSettings(_Section):
     url: str = "sqlite:///observer.db"
     retention_days: int = Field(30, ge=1)  # raw request rows; daily rollups are kept
+    # How long a SQLite write waits for a lock held elsewhere (a backup, another writer) before the
+    # collector answers 503 + Retry-After instead of holding the sender's request open.
+    sqlite_busy_timeout_s: float = Field(5.0, gt=0)
     cleanup_interval_s: float = Field(3600, gt=0)
 
 

@@ -47,7 +47,7 @@ class _Schema:
 
 
 def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
-    store = Store(db_url or settings.store.url)
+    store = Store(db_url or settings.store.url, settings.store.sqlite_busy_timeout_s)
     registry = CollectorRegistry()
     registry.register(PROCESS_COLLECTOR)
     collector = Collector(store, settings.collector, registry)

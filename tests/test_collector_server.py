@@ -304,6 +304,41 @@ def test_database_down_mid_stream_then_back(pg_url):
     assert sorted(r["user_id"].split("-")[0] for r in stored).count("during") == 4
 
 
+def test_sqlite_locked_by_another_process_then_released(tmp_path):
+    """A backup holding SQLite's write lock -> 503 + Retry-After; the SDK retries; rows land once."""
+    import sqlite3
+
+    db = tmp_path / "o.db"
+    env = {"OBSERVER_STORE__SQLITE_BUSY_TIMEOUT_S": "0.3", "OBSERVER_COLLECTOR__RETRY_AFTER_S": "1"}
+    with serve(f"sqlite:///{db}", env=env) as (base, _):
+        exporter = OTLPSpanExporter(endpoint=base + "/v1/traces", timeout=30)
+        assert exporter.export(make_requests(2, user_prefix="before")) == SpanExportResult.SUCCESS
+        lock = sqlite3.connect(db, timeout=5, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+            probe = encode_spans(make_requests(1, user_prefix="probe")).SerializeToString()
+            r = httpx.post(
+                base + "/v1/traces", content=probe, headers={"Content-Type": "application/x-protobuf"}
+            )
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            result: list = []
+            sender = threading.Thread(
+                target=lambda: result.append(exporter.export(make_requests(3, user_prefix="during")))
+            )
+            sender.start()
+            time.sleep(2)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        sender.join(timeout=40)
+        assert result == [SpanExportResult.SUCCESS]
+        wait_counted(base, 5)
+    users = sorted(r["user_id"].split("-")[0] for r in rows(f"sqlite:///{db}"))
+    assert users == ["before"] * 2 + ["during"] * 3
+
+
 def test_planted_secret_prompt_is_in_no_file_and_no_log(tmp_path):
     secret = "PLANTED-SECRET-PROMPT-4f2a9c"
     db_file = tmp_path / "o.db"

@@ -25,9 +25,11 @@ class StoreUnavailable(RuntimeError):
     """The database could not be reached; the caller answers 503 and the sender retries."""
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, sqlite_busy_timeout_s: float = 5.0) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": sqlite_busy_timeout_s, "check_same_thread": False}
+        )
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -57,9 +59,9 @@ class Counted:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, sqlite_busy_timeout_s: float = 5.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.engine = make_engine(url, sqlite_busy_timeout_s)
         self.dialect = self.engine.dialect.name
 
     def migrate(self) -> None:
@@ -115,14 +117,12 @@ class Store:
         try:
             with self.engine.begin() as conn:
                 conn.execute(self._upsert_statement(), rows)
-        except (OperationalError, DBAPIError) as exc:
-            if (
-                isinstance(exc, DBAPIError)
-                and not exc.connection_invalidated
-                and not _is_connection_error(exc)
-            ):
-                raise
+        except OperationalError as exc:  # refused, server gone, SQLite locked: the sender should retry
             raise StoreUnavailable(str(exc.orig).strip().splitlines()[0]) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated or _is_connection_error(exc):
+                raise StoreUnavailable(str(exc.orig).strip().splitlines()[0]) from None
+            raise  # a real bug (bad data, schema drift): let it be a 500 and be seen
 
     # --- counting -----------------------------------------------------------------------------------
     def take_countable(self, now: datetime, grace_s: float, limit: int = 20_000) -> list[Counted]:
