@@ -15,7 +15,7 @@ Two kinds of entries:
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -766,14 +766,3 @@ def family(s: MetricSpec, labels: Sequence[str] | None = None) -> Metric:
     if s.type == "histogram":
         return HistogramMetricFamily(s.name, s.help, labels=names)
     return InfoMetricFamily(s.sample_base, s.help, labels=names)
-
-
-@dataclass
-class CatalogCheck:
-    """Result of checking a set of PromQL-referenced names against the catalog."""
-
-    unknown: set[str] = field(default_factory=set)
-
-    @property
-    def ok(self) -> bool:
-        return not self.unknown

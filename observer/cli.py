@@ -132,7 +132,9 @@ def engine_exporter(
 @click.option(
     "--dcgm-compat/--no-dcgm-compat", default=None, help="Also emit dcgm-exporter's DCGM_FI_* names."
 )
-@click.option("--native/--no-native", default=True, show_default=True, help="Emit the gpu_* names.")
+@click.option(
+    "--native/--no-native", "native_names", default=None, help="Emit the gpu_* names (default: on)."
+)
 @click.option("--interval", "interval_s", type=float, help="Seconds between NVML samples.")
 @click.option("--hostname", help="Hostname label (default: this machine's).")
 @click.pass_context
@@ -142,7 +144,6 @@ def gpu_exporter(
     fake_gpus: int | None,
     fake_processes: int,
     fake_load_from: str | None,
-    native: bool,
     **flags: Any,
 ) -> None:
     """GPU metrics from NVML (nvidia-ml-py), sampled in the background, failure-isolated per GPU."""
@@ -166,9 +167,9 @@ def gpu_exporter(
             raise click.ClickException(
                 f"no NVIDIA driver here ({exc}); use --fake-gpus N to simulate a GPU node"
             ) from None
-    if not native and not settings.dcgm_compat:
+    if not settings.native_names and not settings.dcgm_compat:
         raise click.UsageError("--no-native needs --dcgm-compat: there would be nothing to export")
-    sampler = GpuSampler(backend, settings, native=native, dcgm=settings.dcgm_compat)
+    sampler = GpuSampler(backend, settings, native=settings.native_names, dcgm=settings.dcgm_compat)
     host, port = listen
     click.echo(f"GPU exporter on http://{host}:{port}/metrics", err=True)
     serve_app(create_app(sampler), host, port)

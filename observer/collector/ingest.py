@@ -11,7 +11,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from observer.catalog import COLLECTOR_SELF, make_metric
-from observer.collector.mapping import InvalidSpan, MappingRules, _attrs, merge_partials, span_to_partial
+from observer.collector.mapping import (
+    InvalidSpan,
+    MappingRules,
+    merge_partials,
+    span_to_partial,
+    wanted_attributes,
+)
 from observer.collector.otlp import decode
 from observer.collector.usage import DepartmentFolder, UsageMetrics
 from observer.config import CollectorSettings
@@ -58,7 +64,7 @@ class Collector:
         spans = rejected = 0
         first_error = ""
         for rs in request.resource_spans:
-            resource = _attrs(rs.resource.attributes, wanted)
+            resource = wanted_attributes(rs.resource.attributes, wanted)
             for ss in rs.scope_spans:
                 for span in ss.spans:
                     spans += 1

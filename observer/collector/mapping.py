@@ -107,7 +107,8 @@ def _value(v: Any) -> Any:
     return getattr(v, kind)
 
 
-def _attrs(kvs: Iterable[Any], wanted: frozenset[str]) -> dict[str, Any]:
+def wanted_attributes(kvs: Iterable[Any], wanted: frozenset[str]) -> dict[str, Any]:
+    """Only the named attributes, decoded; everything else (content included) is never read."""
     return {kv.key: _value(kv.value) for kv in kvs if kv.key in wanted}
 
 
@@ -151,7 +152,7 @@ def span_to_partial(span: Span, resource: dict[str, Any], rules: MappingRules) -
     """A partial request record, or None for spans that are not LLM requests."""
     if len(span.trace_id) != 16 or len(span.span_id) != 8:
         raise InvalidSpan("trace_id must be 16 bytes and span_id 8 bytes")
-    a = _attrs(span.attributes, rules.wanted)
+    a = wanted_attributes(span.attributes, rules.wanted)
     is_engine = span.name == "llm_request" or any(k in a for k in _ENGINE_MARKERS)
     is_gateway = not is_engine and any(k in a for k in _GATEWAY_MARKERS)
     if not (is_engine or is_gateway):

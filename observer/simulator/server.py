@@ -249,7 +249,7 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
         offset = int(handle.req.request_id[:4], 16)
         return "".join(_WORDS[(offset + i) % len(_WORDS)] for i in range(start, end))
 
-    async def _complete(handle: RequestHandle, request: Request) -> None:
+    async def _complete(handle: RequestHandle) -> None:
         try:
             while not handle.done:
                 await handle.ready.wait()
@@ -320,7 +320,7 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             opts = body.get("stream_options") or {}
             include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
             return StreamingResponse(_stream(handle, chat, include_usage), media_type="text/event-stream")
-        await _complete(handle, request)
+        await _complete(handle)
         out = _text(handle, 0, handle.req.output_tokens)
         rid = ("chatcmpl-" if chat else "cmpl-") + handle.req.request_id
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": handle.finished_reason}
