@@ -10,6 +10,7 @@ docs/runbooks.md. ``python -m alerts`` writes alerts/generated/; a test fails on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -454,6 +455,18 @@ def group_eval_order(s: Settings) -> list[str]:
     """Recording groups before alert groups, as Prometheus effectively does every cycle in steady
     state; promtool needs it spelled out or it may evaluate an alert before the rule it reads."""
     return [g["name"] for g in recording_groups(s)] + [g["name"] for g in alert_groups(s)]
+
+
+def write_rule_files(s: Settings, directory: Path) -> list[Path]:
+    """The recording and alert rule files for Prometheus, written into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for rel, text in render(s).items():
+        if rel.startswith("generated/"):
+            path = directory / Path(rel).name
+            path.write_text(text)
+            paths.append(path)
+    return paths
 
 
 def all_alert_names(s: Settings) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from alerts.rules import alerts, group_eval_order, render
+from alerts.rules import alerts, group_eval_order, write_rule_files
 from observer.config import Settings
 
 ENGINE = 'job="llm-engines",instance="vllm-0:8000",model="m",dp_rank="0"'
@@ -263,10 +263,7 @@ class Result:
 
 
 def run(settings: Settings, workdir: Path, promtool: str = "promtool") -> list[Result]:
-    (workdir / "rules").mkdir(parents=True, exist_ok=True)
-    for rel, text in render(settings).items():
-        if rel.startswith("generated/"):
-            (workdir / "rules" / Path(rel).name).write_text(text)
+    write_rule_files(settings, workdir / "rules")
     order = group_eval_order(settings)
     results: list[Result] = []
     for i, s in enumerate(scenarios(settings)):

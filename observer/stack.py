@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from alerts.rules import render as render_rules
+from alerts.rules import write_rule_files
 from observer.config import Settings
 from observer.netutil import free_port
 
@@ -113,15 +113,7 @@ class Stack:
 
     # --- configuration files -----------------------------------------------------------------------------
     def _write_rules(self) -> list[str]:
-        rules_dir = self.dir / "rules"
-        rules_dir.mkdir(exist_ok=True)
-        paths = []
-        for rel, text in render_rules(self.options.settings).items():
-            if rel.startswith("generated/"):
-                path = rules_dir / Path(rel).name
-                path.write_text(text)
-                paths.append(str(path))
-        return paths
+        return [str(p) for p in write_rule_files(self.options.settings, self.dir / "rules")]
 
     def prometheus_config(self, alertmanager: str | None) -> dict:
         a = self.options.settings.alerting

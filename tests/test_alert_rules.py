@@ -14,7 +14,7 @@ import pytest
 import yaml
 from support import Alertmanager, Prometheus, binary, observer_server, simulator
 
-from alerts.rules import alert_groups, all_alert_names, recording_groups, render
+from alerts.rules import alert_groups, all_alert_names, recording_groups, render, write_rule_files
 from observer.catalog import CATALOG, exposed_series_names
 from observer.config import Settings
 from observer.load.generator import LoadConfig, run_load
@@ -69,10 +69,7 @@ def test_promtool_unit_tests_cover_every_alert_positive_and_negative():
 def test_mutated_threshold_is_caught_by_the_unit_tests(tmp_path):
     """The tests discriminate: rules generated with another KV threshold fail them."""
     settings = Settings.model_validate({"slo": {"kv_cache_warning_ratio": 0.96}})
-    (tmp_path / "generated").mkdir()
-    for rel, text in render(settings).items():
-        if rel.startswith("generated/"):
-            (tmp_path / rel).write_text(text)
+    write_rule_files(settings, tmp_path / "generated")
     test = yaml.safe_load((ALERTS_DIR / "tests" / "engine_test.yml").read_text())
     test["tests"] = [g for g in test["tests"] if g["name"] == "kv cache near full"]
     (tmp_path / "tests").mkdir()
@@ -204,11 +201,7 @@ def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):
             "alerting": {"for_overrides": {"LLMKVCacheSaturated": "2s"}},
         }
     )
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for rel, text in render(settings).items():
-        if rel.startswith("generated/"):
-            (rules / Path(rel).name).write_text(text)
+    rules = write_rule_files(settings, tmp_path / "rules")
     sim_flags = ("--num-gpu-blocks", "128", "--max-num-seqs", "64", "--max-num-batched-tokens", "2048")
     with (
         simulator("--model", "m-e2e", *sim_flags) as (sim, _),
@@ -234,7 +227,7 @@ def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):
         }
         prom = Prometheus(
             [job],
-            rule_files=sorted(str(p) for p in rules.glob("*.yml")),
+            rule_files=sorted(str(p) for p in rules),
             alertmanager=am.url.removeprefix("http://"),
         )
         try:

@@ -26,6 +26,14 @@ OTHER = "other"
 WINDOWS = {"1d": 1, "7d": 7, "30d": 30}
 
 
+def _fold_top(ranked: list[tuple[str, float]], n: int) -> list[tuple[str, float]]:
+    """Bounded labels: the first n (already ranked) keep their name, the rest sum into "other"."""
+    folded = ranked[:n]
+    if ranked[n:]:
+        folded.append((OTHER, sum(value for _, value in ranked[n:])))
+    return folded
+
+
 class FeedbackError(ValueError):
     pass
 
@@ -168,25 +176,21 @@ class AnalyticsService:
             g.add_metric([label], a.active_users(day, n))
         out.append(g)
 
+        top_n = cfg.analytics.top_departments
         g = family(fams["llm_active_users_by_department"])
         for label, n in WINDOWS.items():
-            rows = a.departments(day, n)
-            top, rest = rows[: cfg.analytics.top_departments], rows[cfg.analytics.top_departments :]
-            for r in top:
-                g.add_metric([r.department, label], r.active_users)
-            if rest:
-                g.add_metric([OTHER, label], sum(r.active_users for r in rest))
+            for dept, users in _fold_top(
+                [(r.department, r.active_users) for r in a.departments(day, n)], top_n
+            ):
+                g.add_metric([dept, label], users)
         out.append(g)
 
         g = family(fams["llm_department_tokens"])
         rows = a.departments(day, 30)
-        top, rest = rows[: cfg.analytics.top_departments], rows[cfg.analytics.top_departments :]
-        for r in top:
-            g.add_metric([r.department, "input", "30d"], r.input_tokens)
-            g.add_metric([r.department, "output", "30d"], r.output_tokens)
-        if rest:
-            g.add_metric([OTHER, "input", "30d"], sum(r.input_tokens for r in rest))
-            g.add_metric([OTHER, "output", "30d"], sum(r.output_tokens for r in rest))
+        for direction in ("input", "output"):
+            pairs = [(r.department, getattr(r, f"{direction}_tokens")) for r in rows]
+            for dept, tokens in _fold_top(pairs, top_n):
+                g.add_metric([dept, direction, "30d"], tokens)
         out.append(g)
 
         for name, value in (
@@ -207,7 +211,7 @@ class AnalyticsService:
         out.append(g)
 
         # Feedback by model and department, departments folded like the others.
-        known = {r.department for r in top}
+        known = {r.department for r in rows[:top_n]}
         votes: dict[tuple[str, str], list[int]] = {}
         for f in a.feedback(day):
             key = (f["model"], f["department"] if f["department"] in known else OTHER)
@@ -241,14 +245,9 @@ class AnalyticsService:
                 g.add_metric([kind, cur], value)
         out.append(g)
         g = family(fams["llm_cost_by_department"])
-        depts = report.by_department
-        for d in depts[: cfg.analytics.top_departments]:
-            g.add_metric([d["department"], cur, "30d"], d["self_hosted_cost"])
-        if depts[cfg.analytics.top_departments :]:
-            g.add_metric(
-                [OTHER, cur, "30d"],
-                sum(d["self_hosted_cost"] for d in depts[cfg.analytics.top_departments :]),
-            )
+        costs = [(d["department"], d["self_hosted_cost"]) for d in report.by_department]
+        for dept, value in _fold_top(costs, top_n):
+            g.add_metric([dept, cur, "30d"], value)
         out.append(g)
         with self._lock:
             self._gauges = out
