@@ -50,6 +50,31 @@ class StackOptions:
     settings: Settings = field(default_factory=Settings)
 
 
+def alertmanager_config(webhook_url: str, group_wait: str, group_interval: str) -> dict:
+    """Every alert to one webhook (observer serve's incident log), resolutions included."""
+    route = {
+        "receiver": "observer",
+        "group_by": ["alertname", "model"],
+        "group_wait": group_wait,
+        "group_interval": group_interval,
+        "repeat_interval": "1h",
+    }
+    receiver = {"name": "observer", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}
+    return {"route": route, "receivers": [receiver]}
+
+
+def alertmanager_args(binary: str, config: Path, storage: Path, port: int) -> list[str]:
+    """A loopback Alertmanager without the cluster gossip port."""
+    return [
+        binary,
+        f"--config.file={config}",
+        f"--storage.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+
+
 def _binary(*names: str) -> str | None:
     for name in names:
         path = shutil.which(name)
@@ -192,38 +217,10 @@ class Stack:
         am_host = None
         if am_bin:
             am_port = free_port()
-            route = {
-                "receiver": "observer",
-                "group_by": ["alertname", "model"],
-                "group_wait": "5s",
-                "group_interval": "10s",
-                "repeat_interval": "1h",
-            }
-            am_cfg = {
-                "route": route,
-                "receivers": [
-                    {
-                        "name": "observer",
-                        "webhook_configs": [
-                            {"url": self.serve.url + "/api/v1/alerts/webhook", "send_resolved": True}
-                        ],
-                    }
-                ],
-            }
+            am_cfg = alertmanager_config(self.serve.url + "/api/v1/alerts/webhook", "5s", "10s")
             (self.dir / "alertmanager.yml").write_text(yaml.safe_dump(am_cfg))
-            am = self._spawn(
-                "alertmanager",
-                [
-                    am_bin,
-                    f"--config.file={self.dir / 'alertmanager.yml'}",
-                    f"--storage.path={self.dir / 'am-data'}",
-                    f"--web.listen-address=127.0.0.1:{am_port}",
-                    "--cluster.listen-address=",
-                    "--log.level=warn",
-                ],
-                port=am_port,
-                listen=False,
-            )
+            args = alertmanager_args(am_bin, self.dir / "alertmanager.yml", self.dir / "am-data", am_port)
+            am = self._spawn("alertmanager", args, port=am_port, listen=False)
             self._wait(am, "/-/ready")
             self.alertmanager_url = am.url
             am_host = am.url.removeprefix("http://")

@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer.netutil import free_port
+from observer.stack import alertmanager_args, alertmanager_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,26 +185,12 @@ class Alertmanager:
     def __init__(self, webhook_url: str) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="am-"))
         self.port = free_port()
-        route = {
-            "receiver": "hook",
-            "group_by": ["alertname", "model"],
-            "group_wait": "1s",
-            "group_interval": "1s",
-            "repeat_interval": "1h",
-        }
-        receiver = {"name": "hook", "webhook_configs": [{"url": webhook_url, "send_resolved": True}]}
-        (self.dir / "am.yml").write_text(yaml.safe_dump({"route": route, "receivers": [receiver]}))
+        config = alertmanager_config(webhook_url, group_wait="1s", group_interval="1s")
+        (self.dir / "am.yml").write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{self.port}"
+        am = binary("prometheus-alertmanager")
         self.proc = Process(
-            [
-                binary("prometheus-alertmanager"),
-                f"--config.file={self.dir / 'am.yml'}",
-                f"--storage.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--cluster.listen-address=",  # no gossip port
-                "--log.level=warn",
-            ],
-            "alertmanager",
+            alertmanager_args(am, self.dir / "am.yml", self.dir / "data", self.port), "alertmanager"
         )
         try:
             wait_http(self.url + "/-/ready", timeout=30, proc=self.proc.proc)
