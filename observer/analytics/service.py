@@ -177,16 +177,15 @@ class AnalyticsService:
         out.append(g)
 
         top_n = cfg.analytics.top_departments
+        by_window = {label: a.departments(day, n) for label, n in WINDOWS.items()}
         g = family(fams["llm_active_users_by_department"])
-        for label, n in WINDOWS.items():
-            for dept, users in _fold_top(
-                [(r.department, r.active_users) for r in a.departments(day, n)], top_n
-            ):
+        for label in WINDOWS:
+            for dept, users in _fold_top([(r.department, r.active_users) for r in by_window[label]], top_n):
                 g.add_metric([dept, label], users)
         out.append(g)
 
         g = family(fams["llm_department_tokens"])
-        rows = a.departments(day, 30)
+        rows = by_window["30d"]
         for direction in ("input", "output"):
             pairs = [(r.department, getattr(r, f"{direction}_tokens")) for r in rows]
             for dept, tokens in _fold_top(pairs, top_n):
