@@ -290,20 +290,43 @@ ENGINE: tuple[MetricSpec, ...] = (
     MetricSpec(
         "llm_engine_info",
         "gauge",
-        "Engine identity: kind (vllm, sglang, tgi, llama.cpp, trtllm), schema generation and model.",
+        "Engine identity: kind (an engine of the exporter's registry), schema generation and model.",
         labels=("kind", "schema", "model", "dp_rank"),
         schema="llm",
     ),
     _llm("llm_requests_running", "gauge", "Requests in the engine's running batch."),
     _llm("llm_requests_waiting", "gauge", "Requests queued for KV-cache capacity or a batch slot."),
+    _llm(
+        "llm_requests_waiting_by_reason",
+        "gauge",
+        "Waiting requests by why they wait (vLLM: capacity = no KV blocks, deferred = held back by policy).",
+        extra=("reason",),
+    ),
+    _llm(
+        "llm_admission_rejections_total",
+        "counter",
+        "Requests refused at admission (load shedding, HTTP 429/503), by reason; never started.",
+        extra=("reason",),
+    ),
+    _llm(
+        "llm_engine_sleeping",
+        "gauge",
+        "Whether the engine is in sleep mode, weights offloaded (1) or awake (0).",
+    ),
     _llm("llm_kv_cache_usage_ratio", "gauge", "Fraction of KV-cache blocks in use (0-1).", unit="ratio"),
     _llm(
         "llm_kv_cache_capacity_tokens",
         "gauge",
-        "KV-cache capacity in tokens (num_gpu_blocks x block_size).",
+        "KV-cache capacity in tokens (vLLM kv_cache_size_tokens, else blocks x block size).",
         unit="tokens",
     ),
-    _llm("llm_prompt_tokens_total", "counter", "Prompt (prefill) tokens processed.", unit="tokens"),
+    _llm(
+        "llm_prompt_tokens_total",
+        "counter",
+        "Prompt tokens of requests, cached or computed (every engine: all prompt tokens).",
+        unit="tokens",
+    ),
+    _llm("llm_prompt_tokens_cached_total", "counter", "Prompt tokens served from the prefix cache."),
     _llm("llm_generation_tokens_total", "counter", "Generated (decode) tokens.", unit="tokens"),
     _llm("llm_preemptions_total", "counter", "Requests preempted because the KV cache ran out."),
     _llm(
@@ -314,6 +337,18 @@ ENGINE: tuple[MetricSpec, ...] = (
     ),
     _llm("llm_prefix_cache_queries_total", "counter", "Tokens looked up in the prefix cache."),
     _llm("llm_prefix_cache_hits_total", "counter", "Tokens found in the prefix cache."),
+    _llm(
+        "llm_spec_decode_draft_tokens_total",
+        "counter",
+        "Speculative decoding: draft tokens proposed.",
+        unit="tokens",
+    ),
+    _llm(
+        "llm_spec_decode_accepted_tokens_total",
+        "counter",
+        "Speculative decoding: draft tokens accepted by the target model.",
+        unit="tokens",
+    ),
     _llm(
         "llm_time_to_first_token_seconds",
         "histogram",
@@ -329,7 +364,7 @@ ENGINE: tuple[MetricSpec, ...] = (
     _llm(
         "llm_time_per_output_token_seconds",
         "histogram",
-        "Per-request mean time per output token after the first (TPOT).",
+        "Per-request mean time per output token after the first (TPOT); TGI's mean includes prefill.",
         unit="seconds",
     ),
     _llm("llm_e2e_request_latency_seconds", "histogram", "Arrival to last token.", unit="seconds"),
@@ -343,6 +378,13 @@ ENGINE: tuple[MetricSpec, ...] = (
         unit="seconds",
     ),
     _llm("llm_request_decode_time_seconds", "histogram", "First token to last token.", unit="seconds"),
+    _llm("llm_request_prompt_tokens", "histogram", "Prompt tokens per finished request.", unit="tokens"),
+    _llm(
+        "llm_request_generation_tokens",
+        "histogram",
+        "Generated tokens per finished request.",
+        unit="tokens",
+    ),
 )
 
 ENGINE_EXPORTER_SELF: tuple[MetricSpec, ...] = (
@@ -444,6 +486,14 @@ COLLECTOR_SELF: tuple[MetricSpec, ...] = (
         "counter",
         "Spans rejected, by reason (malformed, too_large, unauthorized, store_unavailable, invalid_span).",
         labels=("reason",),
+        schema="observer",
+    ),
+    MetricSpec(
+        "observer_collector_values_dropped_total",
+        "counter",
+        "Span attribute values dropped as invalid (not finite, negative, out of range), by attribute;"
+        " the span itself is kept.",
+        labels=("attribute",),
         schema="observer",
     ),
     MetricSpec(
@@ -641,6 +691,74 @@ GPU: tuple[MetricSpec, ...] = (
         unit="bytes",
         schema="gpu",
     ),
+    _gpu("gpu_memory_reserved_bytes", "gauge", "Framebuffer memory the driver reserves.", unit="bytes"),
+    _gpu(
+        "gpu_encoder_utilization_ratio",
+        "gauge",
+        "Fraction of time the video encoder was busy (0-1).",
+        unit="ratio",
+    ),
+    _gpu(
+        "gpu_decoder_utilization_ratio",
+        "gauge",
+        "Fraction of time the video decoder was busy (0-1).",
+        unit="ratio",
+    ),
+    _gpu(
+        "gpu_remapped_rows_total",
+        "counter",
+        "HBM rows remapped after memory errors, by type (correctable, uncorrectable).",
+        extra=("type",),
+    ),
+    _gpu(
+        "gpu_row_remap_pending", "gauge", "Whether a row remap waits for the next GPU reset (1) or not (0)."
+    ),
+    _gpu("gpu_row_remap_failure", "gauge", "Whether a row remap has failed (1): the GPU needs service."),
+    _gpu(
+        "gpu_nvlink_bytes_total",
+        "counter",
+        "NVLink data bytes over all links since the driver loaded, by direction (rx, tx).",
+        extra=("direction",),
+        unit="bytes",
+    ),
+    _gpu(
+        "gpu_profiling_supported",
+        "gauge",
+        "Whether NVML GPM profiling (the *_active_ratio metrics) works on this GPU (1, Hopper+) or not (0).",
+    ),
+    _gpu(
+        "gpu_graphics_active_ratio",
+        "gauge",
+        "Fraction of time the graphics/compute engine was active, from NVML GPM (0-1).",
+        unit="ratio",
+    ),
+    _gpu("gpu_sm_active_ratio", "gauge", "Fraction of SMs busy, from NVML GPM (0-1).", unit="ratio"),
+    _gpu(
+        "gpu_tensor_active_ratio",
+        "gauge",
+        "Fraction of time the SMs ran tensor-core instructions, from NVML GPM (0-1).",
+        unit="ratio",
+    ),
+    _gpu(
+        "gpu_dram_active_ratio",
+        "gauge",
+        "Fraction of peak device-memory bandwidth used, from NVML GPM (0-1).",
+        unit="ratio",
+    ),
+    _gpu(
+        "gpu_pcie_throughput_bytes_per_second",
+        "gauge",
+        "PCIe traffic by direction (tx from the GPU, rx to it), from NVML GPM.",
+        extra=("direction",),
+    ),
+    MetricSpec(
+        "gpu_mig_activity_ratio",
+        "gauge",
+        "MIG GPU-instance activity from NVML GPM (graphics, sm, tensor, dram), 0-1.",
+        labels=("gpu", "uuid", "mig_uuid", "gpu_instance_id", "activity"),
+        unit="ratio",
+        schema="gpu",
+    ),
     MetricSpec(
         "gpu_exporter_last_collect_success",
         "gauge",
@@ -676,31 +794,71 @@ GPU: tuple[MetricSpec, ...] = (
     ),
 )
 
-_D = ("gpu", "UUID", "device", "modelName", "Hostname", "pci_bus_id")
+# dcgm-exporter's label template (render_metrics.go); MIG instances add GPU_I_PROFILE, GPU_I_ID after
+# modelName, and "Hostname" is "hostname" with --dcgm-hostname-label hostname.
+_D = ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION")
 
 
 def _dcgm(name: str, help_: str, type_: MetricType = "gauge", extra=()) -> MetricSpec:
     return MetricSpec(name, type_, help_, labels=(*_D, *extra), schema="dcgm", owned=False)
 
 
-# dcgm-exporter's default-counters names (reference/gpu-exporters.md); units are NVIDIA's.
+# dcgm-exporter's etc/default-counters.csv (4.x up to 4.5.3-4.8.2), in its order, help byte for byte;
+# units are NVIDIA's. DCGM_FI_DEV_VGPU_LICENSE_STATUS is not here: blank (dropped) outside vGPU guests.
 DCGM: tuple[MetricSpec, ...] = (
-    _dcgm("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %)."),
-    _dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %)."),
-    _dcgm("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)."),
-    _dcgm("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB)."),
+    _dcgm("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."),
+    _dcgm("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz)."),
+    _dcgm("DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C)."),
+    _dcgm("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)."),
     _dcgm("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)."),
     _dcgm(
         "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
         "Total energy consumption since boot (in mJ).",
         type_="counter",
     ),
-    _dcgm("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)."),
-    _dcgm("DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C)."),
-    _dcgm("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."),
-    _dcgm("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz)."),
-    _dcgm("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered."),
     _dcgm("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries.", type_="counter"),
+    _dcgm("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %)."),
+    _dcgm("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %)."),
+    _dcgm("DCGM_FI_DEV_ENC_UTIL", "Encoder utilization (in %)."),
+    _dcgm("DCGM_FI_DEV_DEC_UTIL", "Decoder utilization (in %)."),
+    _dcgm(
+        "DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered.", extra=("err_code", "err_msg")
+    ),
+    _dcgm("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB)."),
+    _dcgm("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)."),
+    _dcgm("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB)."),
+    _dcgm(
+        "DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL",
+        "Total number of NVLink bandwidth counters for all lanes.",
+        type_="counter",
+    ),
+    _dcgm(
+        "DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",
+        "Number of remapped rows for uncorrectable errors",
+        type_="counter",
+    ),
+    _dcgm(
+        "DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",
+        "Number of remapped rows for correctable errors",
+        type_="counter",
+    ),
+    _dcgm("DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed"),
+    _dcgm("DCGM_FI_PROF_GR_ENGINE_ACTIVE", "Ratio of time the graphics engine is active."),
+    _dcgm("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", "Ratio of cycles the tensor (HMMA) pipe is active."),
+    _dcgm(
+        "DCGM_FI_PROF_DRAM_ACTIVE",
+        "Ratio of cycles the device memory interface is active sending or receiving data.",
+    ),
+    _dcgm(
+        "DCGM_FI_PROF_PCIE_TX_BYTES",
+        "The rate of data transmitted over the PCIe bus - including both protocol headers and data payloads"
+        " - in bytes per second.",
+    ),
+    _dcgm(
+        "DCGM_FI_PROF_PCIE_RX_BYTES",
+        "The rate of data received over the PCIe bus - including both protocol headers and data payloads"
+        " - in bytes per second.",
+    ),
 )
 
 

@@ -99,7 +99,14 @@ def simulate(ctx: click.Context, listen: tuple[str, int], **flags: Any) -> None:
     serve_app(create_app(settings.simulator), host, port)
 
 
-@cli.command("engine-exporter")
+def _engine_exporter_help() -> str:
+    from exporters.engine.mappings import ENGINES  # the registry names the engines, nothing else does
+
+    titles = "/".join(e.title for e in ENGINES)
+    return f"Multi-target exporter: /probe?target=URL normalizes {titles} metrics."
+
+
+@cli.command("engine-exporter", help=_engine_exporter_help())
 @click.option("--listen", type=LISTEN, default="0.0.0.0:9400", show_default=True, help="Address to serve on.")
 @click.option(
     "--allow-target",
@@ -115,13 +122,12 @@ def simulate(ctx: click.Context, listen: tuple[str, int], **flags: Any) -> None:
 def engine_exporter(
     ctx: click.Context, listen: tuple[str, int], allowed_targets: tuple[str, ...], **flags: Any
 ) -> None:
-    """Multi-target exporter: /probe?target=URL normalizes vLLM/SGLang/TGI/llama.cpp/TensorRT-LLM metrics."""
     from exporters.engine.server import create_app
 
     settings = _override(ctx, "engine_exporter", allowed_targets=list(allowed_targets) or None, **flags)
     host, port = listen
     click.echo(f"engine exporter on http://{host}:{port}/probe?target=...", err=True)
-    serve_app(create_app(settings.engine_exporter), host, port)
+    serve_app(create_app(settings.engine_exporter, listen=(host, port)), host, port)
 
 
 @cli.command("gpu-exporter")
@@ -137,6 +143,11 @@ def engine_exporter(
 )
 @click.option("--interval", "interval_s", type=float, help="Seconds between NVML samples.")
 @click.option("--hostname", help="Hostname label (default: this machine's).")
+@click.option(
+    "--dcgm-hostname-label",
+    type=click.Choice(["Hostname", "hostname", "none"]),
+    help="Compat mode's hostname label: Hostname (dcgm-exporter releases, default), hostname (its main).",
+)
 @click.pass_context
 def gpu_exporter(
     ctx: click.Context,
@@ -310,13 +321,29 @@ def load(**opts: Any) -> None:
 @click.option("--users", type=int, default=300, show_default=True, help="Synthetic users per engine.")
 @click.option("--rps", type=float, default=6.0, show_default=True, help="Total request rate.")
 @click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
-def demo(engines: int, users: int, rps: float, duration: float | None) -> None:
+@click.option(
+    "--tsdb",
+    type=click.Choice(["prometheus", "victoriametrics"]),
+    default="prometheus",
+    show_default=True,
+    help="Metrics store: Prometheus, or vmagent + VictoriaMetrics + vmalert (same scrape config and rules).",
+)
+def demo(engines: int, users: int, rps: float, duration: float | None, tsdb: str) -> None:
     """The stack on this machine without Docker, with synthetic users and a live terminal view."""
     import asyncio
 
     from observer.demo import run_demo
 
-    asyncio.run(run_demo(engines=engines, users=users, rps=rps, duration=duration))
+    asyncio.run(run_demo(engines=engines, users=users, rps=rps, duration=duration, tsdb=tsdb))
+
+
+def _register_loadtest() -> None:
+    from observer.loadtest.cli import loadtest
+
+    cli.add_command(loadtest)
+
+
+_register_loadtest()
 
 
 def main() -> None:

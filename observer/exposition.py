@@ -38,7 +38,8 @@ def line(name: str, key: LabelKey, value: float) -> str:
 
 @cache
 def header(name: str) -> tuple[str, str]:
-    """``# HELP`` and ``# TYPE`` lines for a catalog metric (counters typed without ``_total``)."""
+    """``# HELP`` and ``# TYPE`` lines for a catalog metric. In the 0.0.4 text format they name the
+    sample (``x_total`` for counters, as prometheus_client writes them): ``promtool check metrics``
+    reports "no help text" for a counter whose HELP names ``x`` but whose samples are ``x_total``."""
     s = spec(name)
-    type_name = s.name[: -len("_total")] if s.type == "counter" and s.name.endswith("_total") else s.name
-    return f"# HELP {type_name} {s.help}", f"# TYPE {type_name} {s.type}"
+    return f"# HELP {s.name} {s.help}", f"# TYPE {s.name} {s.type}"

@@ -1,11 +1,16 @@
 """Fixtures from every known engine version -> exact normalized values."""
 
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support import binary, observer_server
 
-from exporters.engine.normalize import UnknownEngine, normalize, render_probe
+from exporters.engine.mappings import ENGINES, by_kind, known_engines_text, metrics_paths
+from exporters.engine.normalize import NotPrometheusText, UnknownEngine, normalize, render_probe
 from exporters.engine.parse import ParseError
 from observer.catalog import spec
 
@@ -92,10 +97,35 @@ def test_vllm_0_11_current_names_and_unknown_metrics_ignored():
     assert v(m, "llm_request_prefill_time_seconds_sum", **q) == 0.15
     assert v(m, "llm_request_decode_time_seconds_bucket", le="0.3", **q) == 2
     assert v(m, "llm_kv_cache_capacity_tokens", **q) == 16000
-    assert not any("sleep" in n or n.startswith(("http_", "python_")) for n in names(m))
+    assert v(m, "llm_engine_sleeping", **q) == 0  # engine_sleep_state{sleep_state="awake"} 1
+    assert not any(n.startswith(("http_", "python_")) for n in names(m))
 
 
-def test_sglang_tp_ranks_collapse_and_reasons():
+def test_vllm_newest_sre_families():
+    m = probe_fixture("vllm-0.33.txt")
+    g0 = {"model": "openai/gpt-oss-120b", "dp_rank": "0"}
+    g1 = {"model": "openai/gpt-oss-120b", "dp_rank": "1"}
+    assert v(m, "llm_requests_waiting_by_reason", reason="capacity", **g0) == 7
+    assert v(m, "llm_requests_waiting_by_reason", reason="deferred", **g0) == 2
+    # admission_rejections_total has no engine label: rank 0.
+    assert v(m, "llm_admission_rejections_total", reason="queue_full", **g0) == 17
+    assert v(m, "llm_admission_rejections_total", reason="sleeping", **g0) == 3
+    assert (v(m, "llm_engine_sleeping", **g0), v(m, "llm_engine_sleeping", **g1)) == (0, 1)
+    assert v(m, "llm_prompt_tokens_total", **g0) == 900000  # vLLM's counter includes cached tokens
+    assert v(m, "llm_prompt_tokens_cached_total", **g0) == 450000
+    assert v(m, "llm_prompt_tokens_cached_total", **g1) == 20000
+    assert v(m, "llm_spec_decode_draft_tokens_total", **g0) == 60000
+    assert v(m, "llm_spec_decode_accepted_tokens_total", **g0) == 42000
+    # kv_cache_size_tokens wins over num_gpu_blocks x block_size (36992 x 16 = 591872).
+    assert v(m, "llm_kv_cache_capacity_tokens", **g1) == 1183744
+    assert v(m, "llm_request_prompt_tokens_bucket", le="1000.0", **g0) == 1000
+    assert v(m, "llm_request_prompt_tokens_sum", **g0) == 900000
+    assert v(m, "llm_request_generation_tokens_count", **g0) == 1105
+    assert v(m, "llm_requests_finished_total", finished_reason="error", **g0) == 1
+    assert not any(n.endswith("_created") for n in names(m))
+
+
+def test_sglang_0_5_old_tp_ranks_collapse_and_reasons():
     m = probe_fixture("sglang-0.5.txt")
     assert v(m, "llm_engine_info", kind="sglang", schema="v1", **L8) == 1
     assert v(m, "llm_requests_running", **L8) == 7  # same value on two TP ranks: not 14
@@ -103,13 +133,31 @@ def test_sglang_tp_ranks_collapse_and_reasons():
     assert v(m, "llm_kv_cache_usage_ratio", **L8) == 0.61
     assert v(m, "llm_prompt_tokens_total", **L8) == 10240
     assert v(m, "llm_preemptions_total", **L8) == 1
-    assert v(m, "llm_requests_finished_total", finished_reason="finished", **L8) == 64
+    # 64 finished in all, 3 of them aborted: counted once each.
+    assert v(m, "llm_requests_finished_total", finished_reason="finished", **L8) == 61
     assert v(m, "llm_requests_finished_total", finished_reason="abort", **L8) == 3
     assert v(m, "llm_time_to_first_token_seconds_bucket", le="0.1", **L8) == 50
     assert v(m, "llm_e2e_request_latency_seconds_sum", **L8) == 150
 
 
-def test_tgi_without_model_label_uses_the_probe_parameter():
+def test_sglang_newest_sums_is_streaming_and_counts_aborts_once():
+    m = probe_fixture("sglang-0.5.23.txt")
+    q = {"model": "Qwen/Qwen3-8B", "dp_rank": "0"}
+    assert v(m, "llm_requests_running", **q) == 11  # two TP ranks, one value
+    assert v(m, "llm_kv_cache_usage_ratio", **q) == 0.42
+    assert v(m, "llm_kv_cache_capacity_tokens", **q) == 458752  # max_total_num_tokens, not doubled
+    assert v(m, "llm_prompt_tokens_total", **q) == 42000  # streaming 30000 + not streaming 12000
+    assert v(m, "llm_generation_tokens_total", **q) == 10000
+    assert v(m, "llm_prompt_tokens_cached_total", **q) == 9500  # every cache_source and is_streaming
+    assert v(m, "llm_preemptions_total", **q) == 2
+    assert v(m, "llm_requests_finished_total", finished_reason="finished", **q) == 120 - 6
+    assert v(m, "llm_requests_finished_total", finished_reason="abort", **q) == 6
+    assert v(m, "llm_time_to_first_token_seconds_bucket", le="0.1", **q) == 80
+    assert v(m, "llm_time_to_first_token_seconds_count", **q) == 120
+    assert v(m, "llm_e2e_request_latency_seconds_sum", **q) == 250
+
+
+def test_tgi_3_old_without_model_label_uses_the_probe_parameter():
     m = probe_fixture("tgi-3.txt", model="bigscience/bloom")
     t = {"model": "bigscience/bloom", "dp_rank": "0"}
     assert v(m, "llm_engine_info", kind="tgi", schema="v1", **t) == 1
@@ -118,20 +166,80 @@ def test_tgi_without_model_label_uses_the_probe_parameter():
     assert v(m, "llm_prompt_tokens_total", **t) == 33000  # sum of the input-length histogram
     assert v(m, "llm_generation_tokens_total", **t) == 9900
     assert v(m, "llm_requests_finished_total", finished_reason="success", **t) == 110
-    assert v(m, "llm_requests_finished_total", finished_reason="error", **t) == 10  # both err kinds
+    # Only the generation failures are the server's; the 6 validation failures were the client's.
+    assert v(m, "llm_requests_finished_total", finished_reason="error", **t) == 4
     assert v(m, "llm_e2e_request_latency_seconds_bucket", le="5.0", **t) == 100
     assert v(m, "llm_time_per_output_token_seconds_count", **t) == 110
 
 
-def test_llama_cpp():
+def test_tgi_newest_errors_are_server_errors_and_overload_is_admission():
+    m = probe_fixture("tgi-3.3.txt", model="tgi-model")
+    t = {"model": "tgi-model", "dp_rank": "0"}
+    finished = {
+        dict(k)["finished_reason"]: val for (n, k), val in m.items() if n == "llm_requests_finished_total"
+    }
+    assert finished == {"success": 200, "error": 3 + 1 + 4, "abort": 5}  # no validation/template_error
+    assert v(m, "llm_admission_rejections_total", reason="overloaded", **t) == 15
+    assert v(m, "llm_request_prompt_tokens_bucket", le="1000.0", **t) == 190
+    assert v(m, "llm_request_generation_tokens_sum", **t) == 21000
+    assert v(m, "llm_prompt_tokens_total", **t) == 64000
+    assert v(m, "llm_time_per_output_token_seconds_sum", **t) == 4.0
+
+
+def test_llama_cpp_old():
     m = probe_fixture("llamacpp.txt", model="gguf")
     assert v(m, "llm_engine_info", kind="llama.cpp", schema="v1", model="gguf", dp_rank="0") == 1
     assert v(m, "llm_generation_tokens_total", model="gguf", dp_rank="0") == 512
+    assert v(m, "llm_prompt_tokens_total", model="gguf", dp_rank="0") == 2048
+
+
+def test_llama_cpp_newest_prompt_tokens_include_cached():
+    m = probe_fixture("llamacpp-b11434.txt", model="tiny")
+    t = {"model": "tiny", "dp_rank": "0"}
+    assert v(m, "llm_prompt_tokens_total", **t) == 3000 + 1000  # computed + cached, as vLLM counts
+    assert v(m, "llm_prompt_tokens_cached_total", **t) == 1000
+    assert v(m, "llm_generation_tokens_total", **t) == 800
+    assert (v(m, "llm_requests_running", **t), v(m, "llm_requests_waiting", **t)) == (2, 1)
+    assert v(m, "llm_spec_decode_draft_tokens_total", **t) == 0
+    assert not any(n.startswith("llm_kv_cache") for n in names(m))  # llama.cpp has no KV metric now
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind)
+def test_registry_one_table_per_engine(engine):
+    """Adding an engine = one mapping + one fixture: every target is a catalog metric of the type its
+    sources have, the newest version's fixture exists and is detected as this engine, and the known
+    engines in errors come from the registry."""
+    for concept in engine.concepts:
+        s = spec(concept.target)
+        for alternative in concept.alternatives:
+            for source in alternative:
+                kind = "counter" if source.component else source.kind
+                assert kind == s.type, f"{engine.kind}: {source.name} ({kind}) -> {s.name} ({s.type})"
+    assert engine.newest_fixture, f"{engine.kind} has no fixture of its newest version"
+    newest = FIXTURES / engine.newest_fixture
+    normalized = normalize(newest.read_text(), default_model="m")
+    assert normalized.kind == engine.kind
+    assert len(normalized.targets) >= 4, "the newest exposition maps to the normalized schema"
+    for target in normalized.targets:
+        spec(target)  # hook outputs too
+    assert engine.kind in known_engines_text()
+    assert engine.metrics_path in metrics_paths()
+    assert metrics_paths(engine.kind, model="a b")[0] == engine.metrics_path
+    with pytest.raises(ValueError, match=known_engines_text()):
+        by_kind("nonesuch")
+
+
+def test_fetch_paths_cover_trtllm_and_llama_cpp_router_mode():
+    assert metrics_paths() == ("/metrics", "/prometheus/metrics")
+    assert metrics_paths(model="org/m 1") == ("/metrics", "/metrics?model=org%2Fm%201", "/prometheus/metrics")
+    assert metrics_paths("trtllm") == ("/prometheus/metrics",)
+    with pytest.raises(NotPrometheusText):  # TensorRT-LLM's /metrics: JSON iteration stats
+        normalize('[{"gpuMemUsage": 1, "iter": 3}]')
 
 
 def test_every_normalized_name_is_in_the_catalog():
-    for fixture in FIXTURES.iterdir():
-        for name in {n for n, _ in probe_fixture(fixture.name, model="x")}:
+    for fixture in FIXTURES.rglob("*.txt"):
+        for name in {n for n, _ in probe_fixture(str(fixture.relative_to(FIXTURES)), model="x")}:
             base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
             spec(name if name.endswith("_total") or name == base else base)
 
@@ -154,7 +262,7 @@ def test_label_escapes_round_trip():
     assert fams["llm_requests_running"].samples[0].labels["model"] == 'we"ird\\name'
 
 
-def test_tensorrt_llm():
+def test_tensorrt_llm_old():
     m = probe_fixture("trtllm.txt")
     t = {"model": "nvidia/Llama-3.1-8B-FP8", "dp_rank": "0"}
     assert v(m, "llm_engine_info", kind="trtllm", schema="v1", **t) == 1
@@ -162,4 +270,63 @@ def test_tensorrt_llm():
     assert v(m, "llm_kv_cache_usage_ratio", **t) == 0.72
     assert v(m, "llm_requests_finished_total", finished_reason="length", **t) == 2
     assert v(m, "llm_time_to_first_token_seconds_bucket", le="0.1", **t) == 28
-    assert v(m, "llm_inter_token_latency_seconds_count", **t) == 992
+    # Per-request (last - first) / (n - 1): TPOT, not a per-step inter-token gap.
+    assert v(m, "llm_time_per_output_token_seconds_count", **t) == 992
+    assert "llm_inter_token_latency_seconds_count" not in names(m)
+
+
+@pytest.mark.parametrize(("model", "expected"), [("llama-70b", "llama-70b"), ("", "")])
+def test_tensorrt_llm_newest(model, expected):
+    m = probe_fixture("trtllm-1.2.txt", model=model)
+    t = {"model": expected, "dp_rank": "0"}  # "undefined" is no name: the probe's model, else none
+    assert not any(dict(k).get("model") == "undefined" for _, k in m)
+    finished = {
+        dict(k)["finished_reason"]: val for (n, k), val in m.items() if n == "llm_requests_finished_total"
+    }
+    # cancelled -> abort; timeout and HTTP 5xx -> error; HTTP 400 is the client's.
+    assert finished == {"stop": 70, "length": 20, "abort": 7, "error": 3 + 2 + 1}
+    assert v(m, "llm_prompt_tokens_cached_total", **t) == 20480
+    assert v(m, "llm_kv_cache_capacity_tokens", **t) == 4096 * 32
+    assert v(m, "llm_time_per_output_token_seconds_count", **t) == 97
+    assert v(m, "llm_spec_decode_accepted_tokens_total", **t) == 1800
+    assert v(m, "llm_spec_decode_draft_tokens_total", **t) == 3000
+    assert v(m, "llm_kv_cache_usage_ratio", **t) == 0.25
+
+
+def promtool_check(text: str) -> str:
+    """``promtool check metrics`` output (lint problems), empty when it accepts the exposition."""
+    result = subprocess.run(
+        [binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
+    return (result.stdout + result.stderr).strip() if result.returncode else ""
+
+
+@pytest.mark.parametrize("fixture", sorted(f.name for f in FIXTURES.rglob("*.txt")))
+def test_promtool_accepts_the_engine_exporter_output(fixture):
+    text = render_probe(normalize((FIXTURES / fixture).read_text(), default_model="m"), True, 0.01)
+    assert "_total" in text
+    assert promtool_check(text) == ""
+    failed = render_probe(None, False, 0.01, "timeout")
+    assert promtool_check(failed) == ""
+
+
+@pytest.mark.parametrize("mode", [(), ("--dcgm-compat",)], ids=["native", "dcgm"])
+def test_promtool_accepts_the_gpu_exporter_output(mode):
+    with observer_server("gpu-exporter", "--fake-gpus", "2", "--interval", "0.2", *mode) as (base, _):
+        deadline = time.monotonic() + 10
+        text = httpx.get(base + "/metrics", timeout=10).text
+        while "_total" not in text and time.monotonic() < deadline:  # first sample not taken yet
+            time.sleep(0.2)
+            text = httpx.get(base + "/metrics", timeout=10).text
+    assert "_total" in text  # counters are what promtool used to reject ("no help text")
+    problems = promtool_check(text).splitlines()
+    if mode:
+        # dcgm-exporter's own names and camelCase labels, copied byte for byte so its dashboards work:
+        # promtool's naming lint flags them, and nothing else may be flagged.
+        foreign_lint = (
+            "label names should be written in 'snake_case' not 'camelCase'",
+            'counter metrics should have "_total" suffix',
+            "metric name should not include type 'counter'",
+        )
+        problems = [p for p in problems if not (p.startswith("DCGM_FI_") and p.endswith(foreign_lint))]
+    assert problems == []

@@ -6,17 +6,23 @@ import re
 from dataclasses import dataclass, field
 from functools import cache
 
-from exporters.engine.mappings import ENGINES, EngineMapping, Source
+from exporters.engine.mappings import ENGINES, EngineMapping, Source, known_engines_text
 from exporters.engine.parse import iter_samples
 from observer.catalog import spec
 from observer.exposition import LabelKey, fmt, header, line
 
 _HIST_SUFFIXES = ("_bucket", "_sum", "_count")
-_VLLM_CACHE_INFO = "vllm:cache_config_info"
+
+# sample name -> [(labels, value)]
+Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
 class UnknownEngine(ValueError):
     pass
+
+
+class NotPrometheusText(UnknownEngine):
+    """The body is JSON (TensorRT-LLM's /metrics, llama.cpp router mode's error): try the next path."""
 
 
 @cache
@@ -30,41 +36,49 @@ def detect(text: str) -> EngineMapping:
     for engine in ENGINES:
         if _marker_pattern(engine.markers).search(text):
             return engine
+    if text.lstrip()[:1] in ("{", "["):
+        raise NotPrometheusText("the body is JSON, not Prometheus text")
     for _ in iter_samples(text, ()):  # garbage is a parse error, valid text of another kind is not
         pass
-    raise UnknownEngine("no metric names of a known engine (vllm, sglang, tgi, llama.cpp, trtllm)")
-
-
-@cache
-def _wanted(engine: EngineMapping) -> frozenset[str]:
-    names = engine.wanted()
-    if engine.kind == "vllm":
-        names.add(_VLLM_CACHE_INFO)
-    return frozenset(names)
+    raise UnknownEngine(f"no metric names of a known engine ({known_engines_text()})")
 
 
 @dataclass
 class Normalized:
     kind: str
     schema: str
+    engine: EngineMapping
     # output sample name -> {label key -> value}
     series: dict[str, dict[LabelKey, float]] = field(default_factory=dict)
     targets: list[str] = field(default_factory=list)  # catalog names present, in output order
     models: set[tuple[str, str]] = field(default_factory=set)  # (model, dp_rank)
 
+    def model_of(self, raw: str | None, default_model: str) -> str:
+        return self.engine.model_name(raw, default_model)
 
-def normalize(text: str, default_model: str = "") -> Normalized:
-    """Raises UnknownEngine or parse.ParseError; unknown extra metrics are ignored."""
+    def models_on_rank(self, rank: str) -> set[str]:
+        return {model for model, r in self.models if r == rank}
+
+    def add(self, target: str, dest: dict[LabelKey, float]) -> None:
+        """Add a whole series set computed by a hook (nothing if empty)."""
+        if not dest:
+            return
+        self.series[target] = dest
+        if target not in self.targets:
+            self.targets.append(target)
+        self.models.update((dict(k)["model"], dict(k)["dp_rank"]) for k in dest)
+
+
+def normalize(text: str, default_model: str = "", *, max_samples: int | None = None) -> Normalized:
+    """Raises UnknownEngine (NotPrometheusText for JSON) or parse.ParseError; unknown metrics are
+    ignored."""
     engine = detect(text)
-    by_name: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for name, labels, value in iter_samples(text, _wanted(engine)):
+    by_name: Samples = {}
+    for name, labels, value in iter_samples(text, engine.wanted(), max_samples=max_samples):
         by_name.setdefault(name, []).append((labels, value))
 
-    schema = "v1"
-    if engine.kind == "vllm":
-        any_labels = next((lbls for samples in by_name.values() for lbls, _ in samples), {})
-        schema = "v1" if "engine" in any_labels else "v0"
-    out = Normalized(kind=engine.kind, schema=schema)
+    schema = engine.schema(by_name) if engine.schema else "v1"
+    out = Normalized(kind=engine.kind, schema=schema, engine=engine)
 
     for concept in engine.concepts:
         chosen = next(
@@ -73,12 +87,22 @@ def normalize(text: str, default_model: str = "") -> Normalized:
         )
         if chosen is None:
             continue
-        out.targets.append(concept.target)
+        replicas: dict[str, dict[LabelKey, dict[LabelKey, float]]] = {}
         for source in chosen:
-            _apply(source, concept.target, concept.combine, engine, by_name, out, default_model)
+            _apply(source, concept.target, concept.combine, engine, by_name, out, default_model, replicas)
+        for out_name, by_key in replicas.items():  # copies of one value per replica: max, then combine
+            dest = out.series.setdefault(out_name, {})
+            for key, per_replica in by_key.items():
+                value = max(per_replica.values())
+                if key in dest:
+                    dest[key] = dest[key] + value if concept.combine == "sum" else max(dest[key], value)
+                else:
+                    dest[key] = value
+        if any(out.series.get(concept.target + s) for s in ("", *_HIST_SUFFIXES)):
+            out.targets.append(concept.target)
 
-    if engine.kind == "vllm" and _VLLM_CACHE_INFO in by_name:
-        _kv_capacity(by_name[_VLLM_CACHE_INFO], out)
+    for hook in engine.hooks:
+        hook(by_name, out, default_model)
     return out
 
 
@@ -87,10 +111,13 @@ def _apply(
     target: str,
     combine: str,
     engine: EngineMapping,
-    by_name: dict[str, list[tuple[dict[str, str], float]]],
+    by_name: Samples,
     out: Normalized,
     default_model: str,
+    replicas: dict[str, dict[LabelKey, dict[LabelKey, float]]],
 ) -> None:
+    replica_labels = engine.replica_labels
+    relabel = source.relabel
     for sample_name in source.sample_names():
         samples = by_name.get(sample_name)
         if not samples:
@@ -103,16 +130,28 @@ def _apply(
         for labels, value in samples:
             if source.match and any(labels.get(k) != v for k, v in source.match):
                 continue
-            model = labels.get(engine.model_label, default_model) if engine.model_label else default_model
+            key: list[tuple[str, str]] = []
+            if relabel is not None:
+                mapped = relabel.values(labels.get(relabel.source, ""))
+                if mapped is None:
+                    continue  # e.g. a client-side failure: not an engine finish
+                key.append((relabel.target, mapped))
+            model = engine.model_name(
+                labels.get(engine.model_label) if engine.model_label else None, default_model
+            )
             dp_rank = labels.get(engine.dp_label, "0") if engine.dp_label else "0"
             out.models.add((model, dp_rank))
-            key: list[tuple[str, str]] = [("model", model), ("dp_rank", dp_rank)]
+            key[:0] = [("model", model), ("dp_rank", dp_rank)]
             key.extend((k, labels[k]) for k in source.keep_labels if k in labels)
             key.extend(source.set_labels)
             if "le" in labels and out_name.endswith("_bucket"):
                 key.append(("le", _canonical_le(labels["le"])))
             lk = tuple(key)
-            if lk in dest:
+            replica = tuple((k, labels[k]) for k in replica_labels if k in labels)
+            if replica:
+                per_replica = replicas.setdefault(out_name, {}).setdefault(lk, {})
+                per_replica[replica] = per_replica.get(replica, 0.0) + value
+            elif lk in dest:
                 dest[lk] = dest[lk] + value if combine == "sum" else max(dest[lk], value)
             else:
                 dest[lk] = value
@@ -126,25 +165,6 @@ def _canonical_le(le: str) -> str:
         return fmt(float(le))
     except ValueError:
         return le
-
-
-def _kv_capacity(samples: list[tuple[dict[str, str], float]], out: Normalized) -> None:
-    """llm_kv_cache_capacity_tokens = num_gpu_blocks x block_size, per DP rank and model."""
-    models_by_rank: dict[str, set[str]] = {}
-    for model, rank in out.models:
-        models_by_rank.setdefault(rank, set()).add(model)
-    dest: dict[LabelKey, float] = {}
-    for labels, _ in samples:
-        try:
-            capacity = int(labels["num_gpu_blocks"]) * int(labels["block_size"])
-        except (KeyError, ValueError):
-            continue  # num_gpu_blocks is "None" until profiling finished
-        rank = labels.get("engine", "0")
-        for model in models_by_rank.get(rank, {""}):
-            dest[(("model", model), ("dp_rank", rank))] = float(capacity)
-    if dest:
-        out.series["llm_kv_cache_capacity_tokens"] = dest
-        out.targets.append("llm_kv_cache_capacity_tokens")
 
 
 # --- rendering ---------------------------------------------------------------------------------

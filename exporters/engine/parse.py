@@ -24,6 +24,10 @@ class ParseError(ValueError):
         super().__init__(f"line {line_no}: {why}: {shown!r}")
 
 
+class TooManySamples(ValueError):
+    """More wanted samples than the cap: the exposition is refused whole (a truncated one would lie)."""
+
+
 Sample = tuple[str, dict[str, str], float]
 
 
@@ -53,11 +57,13 @@ def _labels(body: str, line_no: int, line: str) -> dict[str, str]:
     return out
 
 
-def iter_samples(text: str, wanted: Container[str]) -> Iterator[Sample]:
+def iter_samples(text: str, wanted: Container[str], *, max_samples: int | None = None) -> Iterator[Sample]:
     """Yield (name, labels, value) for samples whose name is in ``wanted``; validate the rest.
 
-    Raises ParseError at the first line that is not valid text exposition.
+    Raises ParseError at the first line that is not valid text exposition, and TooManySamples at the
+    wanted sample past ``max_samples``: parse cost and output series stay bounded whatever the engine sends.
     """
+    budget = max_samples if max_samples is not None else -1
     for line_no, raw in enumerate(text.split("\n"), 1):
         line = raw.strip()
         if not line or line[0] == "#":
@@ -91,6 +97,9 @@ def iter_samples(text: str, wanted: Container[str]) -> Iterator[Sample]:
             value = _value(parts[0])
         except ValueError:
             raise ParseError(line_no, raw, "value is not a number") from None
+        if budget == 0:
+            raise TooManySamples(f"more than {max_samples} wanted samples")
+        budget -= 1
         yield name, (_labels(label_body, line_no, raw) if label_body else {}), value
 
 
