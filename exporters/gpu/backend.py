@@ -25,6 +25,16 @@ class MemoryInfo:
 
 
 @dataclass(frozen=True)
+class RemappedRows:
+    """nvmlDeviceGetRemappedRows: rows remapped so far, and whether a remap is pending or has failed."""
+
+    correctable: int
+    uncorrectable: int
+    pending: bool
+    failure: bool
+
+
+@dataclass(frozen=True)
 class ProcessInfo:
     pid: int
     used_bytes: int | None
@@ -63,8 +73,17 @@ class NvmlBackend(Protocol):
     def pcie_replay_counter(self, h: Handle) -> int: ...
     def compute_processes(self, h: Handle) -> list[ProcessInfo]: ...
     def process_label(self, pid: int) -> str: ...  # what to call it: "vllm:<model>", "python3", ...
+    def encoder_utilization(self, h: Handle) -> int: ...  # percent
+    def decoder_utilization(self, h: Handle) -> int: ...  # percent
+    def remapped_rows(self, h: Handle) -> RemappedRows: ...
+    def nvlink_kib(self, h: Handle) -> tuple[int, int]: ...  # (rx, tx) data KiB since driver load, all links
     def mig_enabled(self, h: Handle) -> bool: ...
     def mig_devices(self, h: Handle) -> list[MigDevice]: ...
+    # GPM (Hopper and newer): activity between two samples of the device or of one GPU instance
+    def gpm_supported(self, h: Handle) -> bool: ...
+    def gpm_sample(self, h: Handle, gpu_instance_id: int | None = None) -> Any: ...
+    def gpm_metrics(self, first: Any, second: Any, metric_ids: tuple[int, ...]) -> dict[int, float]: ...
+    def gpm_sample_free(self, sample: Any) -> None: ...
     # XID events (used by one dedicated thread)
     def xid_event_set(self, handles: list[Handle]) -> Any: ...
     def xid_wait(self, event_set: Any, timeout_ms: int) -> tuple[str, int] | None: ...  # (uuid, xid)
@@ -83,6 +102,19 @@ THROTTLE_REASONS: tuple[tuple[str, int], ...] = (
     ("hw_power_brake_slowdown", 0x80),
     ("display_clock_setting", 0x100),
 )
+
+# GPM metrics read each cycle: our name -> NVML id. Percentages (0-100) except PCIe, in MiB/s
+# (pynvml.py, NVML_GPM_METRIC_*). DCGM maps its DCGM_FI_PROF_* fields to the same ids on Hopper+
+# (NVIDIA/DCGM dcgmlib/src/dcgm_fields.cpp, DcgmFieldIdToNvmlGpmMetricId): tensor = ANY_TENSOR_UTIL.
+GPM_METRICS: dict[str, int] = {
+    "graphics": pynvml.NVML_GPM_METRIC_GRAPHICS_UTIL,
+    "sm": pynvml.NVML_GPM_METRIC_SM_UTIL,
+    "tensor": pynvml.NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+    "dram": pynvml.NVML_GPM_METRIC_DRAM_BW_UTIL,
+    "pcie_tx": pynvml.NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+    "pcie_rx": pynvml.NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+}
+GPM_PERCENT = ("graphics", "sm", "tensor", "dram")
 
 # Errors meaning "this series does not exist here": omit it, remember, don't ask every cycle.
 ABSENT = (

@@ -9,6 +9,10 @@ Tests inject failures with the real ``pynvml`` exception classes, per GPU and pe
     fake.hang(0, "memory", release_event)                      # blocks until the event is set
     fake.break_driver(pynvml.NVMLError_Uninitialized)          # every call fails until init() again
     fake.raise_xid(0, 79)                                      # an XID event on GPU 0
+    fake.without_gpm(1)                                        # an A100: no GPM profiling metrics
+
+GPM samples are real objects to free: ``gpm_samples_live`` counts the ones not freed yet, so a test can
+see the sampler does not leak them.
 """
 
 from __future__ import annotations
@@ -23,12 +27,34 @@ from typing import Any
 
 import pynvml
 
-from exporters.gpu.backend import MemoryInfo, MigDevice, ProcessInfo
+from exporters.gpu.backend import GPM_METRICS, MemoryInfo, MigDevice, ProcessInfo, RemappedRows
 
 GIB = 1024**3
 H100_MEMORY = 80 * GIB
 H100_POWER_LIMIT_MW = 700_000
 IDLE_POWER_MW = 70_000
+# NVLink data per direction at full load (KiB/s): an 8-way tensor-parallel all-reduce keeps links busy.
+NVLINK_FULL_LOAD_KIB_S = 120 * 1024 * 1024
+# GPM activity at load 1.0 (percent, MiB/s for PCIe): decode-heavy serving is memory-bound, so DRAM
+# runs ahead of the tensor pipes.
+GPM_AT_FULL_LOAD = {
+    "graphics": 98.0,
+    "sm": 90.0,
+    "tensor": 45.0,
+    "dram": 75.0,
+    "pcie_tx": 900.0,
+    "pcie_rx": 1500.0,
+}
+
+
+@dataclass
+class FakeGpmSample:
+    """What nvmlGpmSampleGet captured: the load at that moment (activity = mean of two samples)."""
+
+    gpu: int
+    gpu_instance_id: int | None
+    load: float
+    freed: bool = False
 
 
 @dataclass
@@ -44,6 +70,12 @@ class FakeGpu:
     ecc_corrected: int = 0
     ecc_uncorrected: int = 0
     pcie_replays: int = 0
+    gpm: bool = True  # Hopper: GPM profiling metrics available
+    encoder_util: int = 0  # an LLM node: the video engines idle
+    decoder_util: int = 0
+    remapped: RemappedRows = field(default_factory=lambda: RemappedRows(0, 0, False, False))
+    nvlink_rx_kib: float = 0.0
+    nvlink_tx_kib: float = 0.0
 
 
 class FakeNvml:
@@ -82,6 +114,7 @@ class FakeNvml:
         self.shutdown_count = 0
         self.calls = 0
         self.call_seconds = 0.0  # time spent inside fake calls (benchmarks subtract it)
+        self.gpm_samples_live = 0
         self._xids: queue.Queue[tuple[str, int]] = queue.Queue()
         self._lock = threading.Lock()
 
@@ -107,6 +140,11 @@ class FakeNvml:
 
     def raise_xid(self, gpu: int, xid: int) -> None:
         self._xids.put((self.gpus[gpu].uuid, xid))
+
+    def without_gpm(self, gpu: int, name: str = "NVIDIA A100-SXM4-80GB") -> None:
+        """An Ampere card: nvmlGpmQueryDeviceSupport says no and GPM sampling raises NotSupported."""
+        self.gpus[gpu].gpm = False
+        self.gpus[gpu].name = name
 
     def enable_mig(self, gpu: int, profiles: tuple[str, ...] = ("3g.40gb", "3g.40gb")) -> None:
         g = self.gpus[gpu]
@@ -226,17 +264,23 @@ class FakeNvml:
     def power_limit_mw(self, h: int) -> int:
         return self._timed("power_limit_mw", h, lambda: H100_POWER_LIMIT_MW)
 
+    def _integrate(self) -> None:
+        """Advance every GPU's cumulative counters (energy, NVLink bytes) to now, so they only go up."""
+        with self._lock:
+            now = self.clock()
+            dt = now - self._last_energy_at
+            if dt > 0:
+                load = self._current_load()
+                watts = (IDLE_POWER_MW + (H100_POWER_LIMIT_MW - 110_000) * load) / 1000
+                for g in self.gpus:
+                    g.energy_mj += watts * dt * 1000
+                    g.nvlink_rx_kib += NVLINK_FULL_LOAD_KIB_S * load * dt
+                    g.nvlink_tx_kib += NVLINK_FULL_LOAD_KIB_S * load * dt
+                self._last_energy_at = now
+
     def energy_mj(self, h: int) -> int:
         def value() -> int:
-            # Integrate power over time for every GPU so the counter only goes up.
-            with self._lock:
-                now = self.clock()
-                dt = now - self._last_energy_at
-                if dt > 0:
-                    watts = (IDLE_POWER_MW + (H100_POWER_LIMIT_MW - 110_000) * self._current_load()) / 1000
-                    for g in self.gpus:
-                        g.energy_mj += watts * dt * 1000
-                    self._last_energy_at = now
+            self._integrate()
             return int(self.gpus[h].energy_mj)
 
         return self._timed("energy_mj", h, value)
@@ -281,11 +325,79 @@ class FakeNvml:
                     return name
         raise pynvml.NVMLError_NotFound()
 
+    def encoder_utilization(self, h: int) -> int:
+        return self._timed("encoder_utilization", h, lambda: self.gpus[h].encoder_util)
+
+    def decoder_utilization(self, h: int) -> int:
+        return self._timed("decoder_utilization", h, lambda: self.gpus[h].decoder_util)
+
+    def remapped_rows(self, h: int) -> RemappedRows:
+        return self._timed("remapped_rows", h, lambda: self.gpus[h].remapped)
+
+    def nvlink_kib(self, h: int) -> tuple[int, int]:
+        def value() -> tuple[int, int]:
+            self._integrate()
+            g = self.gpus[h]
+            return int(g.nvlink_rx_kib), int(g.nvlink_tx_kib)
+
+        return self._timed("nvlink_kib", h, value)
+
     def mig_enabled(self, h: int) -> bool:
         return self._timed("mig_enabled", h, lambda: bool(self.gpus[h].mig))
 
     def mig_devices(self, h: int) -> list[MigDevice]:
         return self._timed("mig_devices", h, lambda: list(self.gpus[h].mig))
+
+    def gpm_supported(self, h: int) -> bool:
+        return self._timed("gpm_supported", h, lambda: self.gpus[h].gpm)
+
+    def gpm_sample(self, h: int, gpu_instance_id: int | None = None) -> FakeGpmSample:
+        def value() -> FakeGpmSample:
+            g = self.gpus[h]
+            if not g.gpm:
+                raise pynvml.NVMLError_NotSupported()
+            if gpu_instance_id is not None and gpu_instance_id not in {d.gpu_instance_id for d in g.mig}:
+                raise pynvml.NVMLError_NotFound()
+            with self._lock:
+                self.gpm_samples_live += 1
+            return FakeGpmSample(h, gpu_instance_id, self._current_load())
+
+        call = "gpm_sample" if gpu_instance_id is None else "gpm_mig_sample"
+        return self._timed(call, h, value)
+
+    def gpm_metrics(
+        self, first: FakeGpmSample, second: FakeGpmSample, metric_ids: tuple[int, ...]
+    ) -> dict[int, float]:
+        def value() -> dict[int, float]:
+            if (
+                first.freed
+                or second.freed
+                or (first.gpu, first.gpu_instance_id)
+                != (
+                    second.gpu,
+                    second.gpu_instance_id,
+                )
+            ):
+                raise pynvml.NVMLError_InvalidArgument()
+            load = (first.load + second.load) / 2
+            # A GPU instance sees its share of the card's PCIe traffic and the same kind of activity.
+            share = 1.0 if first.gpu_instance_id is None else 1.0 / max(1, len(self.gpus[first.gpu].mig))
+            by_id = {mid: name for name, mid in GPM_METRICS.items()}
+            out = {}
+            for mid in metric_ids:
+                name = by_id.get(mid)
+                if name is not None:
+                    scale = share if name.startswith("pcie") else 1.0
+                    out[mid] = GPM_AT_FULL_LOAD[name] * load * scale
+            return out
+
+        return self._timed("gpm_metrics", first.gpu, value)
+
+    def gpm_sample_free(self, sample: FakeGpmSample) -> None:
+        if not sample.freed:
+            sample.freed = True
+            with self._lock:
+                self.gpm_samples_live -= 1
 
     def xid_event_set(self, handles: list[Any]) -> Any:
         self._call("xid_event_set")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import pynvml
 
-from exporters.gpu.backend import Handle, MemoryInfo, MigDevice, ProcessInfo
+from exporters.gpu.backend import Handle, MemoryInfo, MigDevice, ProcessInfo, RemappedRows
 from exporters.gpu.processes import process_label
+
+# nvml.h: a field's scopeId of UINT_MAX sums the NVLink throughput counters over every link; DCGM reads
+# DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL the same way (DcgmCacheManager::ReadAndCacheNvLinkBandwidth).
+ALL_NVLINKS = 0xFFFFFFFF
 
 
 class NvmlUnavailable(RuntimeError):
@@ -128,6 +133,29 @@ class PynvmlBackend:
             nvml_name = None
         return process_label(pid, nvml_name)
 
+    def encoder_utilization(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetEncoderUtilization(h)[0])
+
+    def decoder_utilization(self, h: Handle) -> int:
+        return int(pynvml.nvmlDeviceGetDecoderUtilization(h)[0])
+
+    def remapped_rows(self, h: Handle) -> RemappedRows:
+        corr, unc, pending, failure = pynvml.nvmlDeviceGetRemappedRows(h)
+        return RemappedRows(int(corr), int(unc), bool(pending), bool(failure))
+
+    def nvlink_kib(self, h: Handle) -> tuple[int, int]:
+        values = pynvml.nvmlDeviceGetFieldValues(
+            h,
+            [
+                (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, ALL_NVLINKS),
+                (pynvml.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, ALL_NVLINKS),
+            ],
+        )
+        for v in values:
+            if v.nvmlReturn != pynvml.NVML_SUCCESS:
+                raise pynvml.NVMLError(v.nvmlReturn)
+        return int(values[0].value.ullVal), int(values[1].value.ullVal)
+
     def mig_enabled(self, h: Handle) -> bool:
         current, _pending = pynvml.nvmlDeviceGetMigMode(h)
         return current == pynvml.NVML_DEVICE_MIG_ENABLE
@@ -150,6 +178,40 @@ class PynvmlBackend:
                 )
             )
         return out
+
+    def gpm_supported(self, h: Handle) -> bool:
+        return bool(pynvml.nvmlGpmQueryDeviceSupport(h).isSupportedDevice)
+
+    def gpm_sample(self, h: Handle, gpu_instance_id: int | None = None) -> Any:
+        sample = pynvml.nvmlGpmSampleAlloc()
+        try:
+            if gpu_instance_id is None:
+                pynvml.nvmlGpmSampleGet(h, sample)
+            else:
+                pynvml.nvmlGpmMigSampleGet(h, gpu_instance_id, sample)
+        except BaseException:
+            self.gpm_sample_free(sample)
+            raise
+        return sample
+
+    def gpm_metrics(self, first: Any, second: Any, metric_ids: tuple[int, ...]) -> dict[int, float]:
+        request = pynvml.c_nvmlGpmMetricsGet_t()
+        request.version = pynvml.NVML_GPM_METRICS_GET_VERSION
+        request.numMetrics = len(metric_ids)
+        request.sample1, request.sample2 = first, second
+        for i, metric_id in enumerate(metric_ids):
+            request.metrics[i].metricId = metric_id
+        pynvml.nvmlGpmMetricsGet(request)
+        out: dict[int, float] = {}
+        for i, metric_id in enumerate(metric_ids):
+            m = request.metrics[i]
+            if m.nvmlReturn == pynvml.NVML_SUCCESS and not math.isnan(m.value):
+                out[metric_id] = float(m.value)  # a metric this GPU lacks is left out, not zero
+        return out
+
+    def gpm_sample_free(self, sample: Any) -> None:
+        with contextlib.suppress(pynvml.NVMLError):
+            pynvml.nvmlGpmSampleFree(sample)
 
     def xid_event_set(self, handles: list[Handle]) -> Any:
         es = pynvml.nvmlEventSetCreate()

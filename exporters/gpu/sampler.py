@@ -12,26 +12,32 @@ every GPU in its own worker task and waits at most ``nvml_call_timeout_s`` for t
   (``gpu_exporter_last_collect_success 0``), NVML is shut down and initialised again next cycle.
 
 XID events come from an NVML event set in their own thread and are counted per code.
+
+GPM (profiling activity, Hopper and newer) needs two samples: each cycle takes one per GPU (and per
+MIG GPU instance), computes the metrics against the previous one, and frees the previous one. Samples
+closer than ``gpm_min_span_s`` are not taken; the last values are shown again instead. Rendering lives
+in :mod:`exporters.gpu.render_native` and :mod:`exporters.gpu.render_dcgm`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from typing import Any
 
 import pynvml
 
-from exporters.gpu.backend import ABSENT, GPU_GONE, LIFECYCLE, THROTTLE_REASONS, NvmlBackend, error_name
+from exporters.gpu.backend import ABSENT, GPM_METRICS, GPU_GONE, LIFECYCLE, NvmlBackend, error_name
+from exporters.gpu.render_dcgm import render_dcgm
+from exporters.gpu.render_native import render_native, render_self
+from exporters.gpu.snapshot import GpuSample, MigSample, Snapshot
 from observer.config import GpuExporterSettings
-from observer.exposition import LabelKey, header, line
-
-MIB = 1024 * 1024
 
 
 class _Lifecycle(Exception):
@@ -40,58 +46,8 @@ class _Lifecycle(Exception):
         self.call, self.exc = call, exc
 
 
-@dataclass
-class GpuSample:
-    index: int
-    uuid: str = ""
-    up: bool = True
-    name: str = ""
-    pci_bus_id: str = ""
-    mig_mode: str = "disabled"
-    util: int | None = None
-    mem_util: int | None = None
-    memory: Any = None
-    power_mw: int | None = None
-    power_limit_mw: int | None = None
-    energy_mj: int | None = None
-    temperature: int | None = None
-    memory_temperature: int | None = None
-    sm_clock: int | None = None
-    memory_clock: int | None = None
-    throttle: int | None = None
-    ecc_corrected: int | None = None
-    ecc_uncorrected: int | None = None
-    pcie_replays: int | None = None
-    processes: list[tuple[str, str, int]] = field(default_factory=list)  # (pid, process, bytes)
-    mig: list[tuple[Any, Any]] = field(default_factory=list)  # (MigDevice, MemoryInfo | None)
-
-
-@dataclass
-class Snapshot:
-    gpus: list[GpuSample]
-    success: bool
-    timestamp: float
-    duration_s: float
-    driver_version: str = ""
-    cuda_version: str = ""
-
-
-class _Families:
-    """Samples grouped by metric, rendered with their catalog HELP/TYPE; None values are omitted."""
-
-    def __init__(self) -> None:
-        self._lines: dict[str, list[str]] = {}
-
-    def add(self, name: str, key: LabelKey, value: float | None) -> None:
-        if value is not None:
-            self._lines.setdefault(name, []).append(line(name, key, value))
-
-    def render(self) -> list[str]:
-        out: list[str] = []
-        for name, lines in self._lines.items():
-            out += header(name)
-            out += lines
-        return out
+__all__ = ["GpuSample", "GpuSampler", "Snapshot"]
+_GPM_IDS = tuple(GPM_METRICS.values())
 
 
 class GpuSampler:
@@ -101,8 +57,10 @@ class GpuSampler:
         settings: GpuExporterSettings,
         native: bool = True,
         dcgm: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
+        self.clock = clock
         self.settings = settings
         self.native = native
         self.dcgm = dcgm
@@ -115,6 +73,10 @@ class GpuSampler:
         self._current_call: dict[int, str] = {}
         self._stuck: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="nvml")
+        self._gpm_support: dict[int, bool] = {}
+        self._gpm_prev: dict[tuple[int, int | None], tuple[Any, float]] = {}  # -> (sample, taken at)
+        self._gpm_last: dict[tuple[int, int | None], dict[str, float]] = {}
+        self._nvlink_prev: dict[int, tuple[int, float]] = {}  # -> (rx + tx KiB, read at)
         self._initialized = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -135,6 +97,7 @@ class GpuSampler:
             t.join(timeout=5)
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._initialized:
+            self._drop_gpm()
             self.backend.shutdown()
 
     def _loop(self) -> None:
@@ -151,11 +114,14 @@ class GpuSampler:
 
     def _reinit_next_cycle(self, call: str, exc: BaseException) -> None:
         self.errors[(call, error_name(exc))] += 1
+        self._drop_gpm()  # samples die with the library handle
         if self._initialized:
             self.backend.shutdown()
         self._initialized = False
         self._unsupported.clear()
         self._identity.clear()
+        self._gpm_support.clear()
+        self._nvlink_prev.clear()
 
     def collect(self) -> Snapshot:
         start = time.perf_counter()
@@ -177,7 +143,11 @@ class GpuSampler:
         except Exception as exc:  # e.g. NVMLError_LibraryNotFound after a driver removal
             self._reinit_next_cycle("init", exc)
             success, gpus = False, []
-        snapshot = Snapshot(gpus, success, time.time(), time.perf_counter() - start, driver, cuda)
+        with self._lock:
+            xids, last_xid = Counter(self.xids), dict(self.last_xid)
+        snapshot = Snapshot(
+            gpus, success, time.time(), time.perf_counter() - start, driver, cuda, xids, last_xid
+        )
         text = self.render(snapshot)
         with self._lock:
             self.snapshot, self.text = snapshot, text
@@ -248,17 +218,85 @@ class GpuSampler:
             s.ecc_corrected = opt(i, "ecc_corrected", b.ecc_errors, h, False)
             s.ecc_uncorrected = opt(i, "ecc_uncorrected", b.ecc_errors, h, True)
             s.pcie_replays = opt(i, "pcie_replay_counter", b.pcie_replay_counter, h)
+            s.encoder_util = opt(i, "encoder_utilization", b.encoder_utilization, h)
+            s.decoder_util = opt(i, "decoder_utilization", b.decoder_utilization, h)
+            s.remapped = opt(i, "remapped_rows", b.remapped_rows, h)
+            s.nvlink_kib = opt(i, "nvlink_kib", b.nvlink_kib, h)
+            if s.nvlink_kib is not None:
+                s.nvlink_dcgm_rate = self._nvlink_rate(i, sum(s.nvlink_kib))
             s.processes = self._processes(i, h)
+            s.profiling_supported = self._gpm_supported(i, h)
+            if s.profiling_supported:
+                s.activity = self._gpm(i, h, None)
             if opt(i, "mig_enabled", b.mig_enabled, h):
                 s.mig_mode = "enabled"
+                by_instance: dict[int, dict[str, float]] = {}
                 for dev in opt(i, "mig_devices", b.mig_devices, h) or ():
-                    s.mig.append((dev, opt(i, "mig_memory", b.memory, dev.handle)))
+                    mig = MigSample(dev, opt(i, "mig_memory", b.memory, dev.handle))
+                    if s.profiling_supported:
+                        gi = dev.gpu_instance_id
+                        if gi not in by_instance:  # compute instances share their GPU instance's sample
+                            by_instance[gi] = self._gpm(i, h, gi)
+                        mig.activity = by_instance[gi]
+                    s.mig.append(mig)
         except GPU_GONE as exc:
             self.errors[(self._current_call.get(i, call), error_name(exc))] += 1
+            self._drop_gpm(i)
             return self._down(i)
         except LIFECYCLE as exc:
             raise _Lifecycle(call, exc) from None
         return s
+
+    def _nvlink_rate(self, i: int, total_kib: int) -> int:
+        """DCGM_FI_DEV_NVLINK_BANDWIDTH_TOTAL as DCGM computes it: the rx + tx KiB counters' rate / 1000
+        (DCGM calls it MB/s), 0 on the first reading or when the counters read 0."""
+        now = self.clock()
+        prev = self._nvlink_prev.get(i)
+        self._nvlink_prev[i] = (total_kib, now)
+        if total_kib == 0 or prev is None or now <= prev[1]:
+            return 0
+        return max(0, int((total_kib - prev[0]) / (now - prev[1]) / 1000))
+
+    # --- GPM ---------------------------------------------------------------------------------------
+    def _gpm_supported(self, i: int, h: Any) -> bool:
+        if i not in self._gpm_support:
+            # FunctionNotFound (driver older than GPM) or NotSupported count as "no", as does a plain no.
+            self._gpm_support[i] = bool(self._optional(i, "gpm_supported", self.backend.gpm_supported, h))
+        return self._gpm_support[i]
+
+    def _gpm(self, i: int, h: Any, gpu_instance_id: int | None) -> dict[str, float]:
+        """GPM values (NVML units) between the previous sample of this GPU/instance and a new one."""
+        key = (i, gpu_instance_id)
+        now = self.clock()
+        prev = self._gpm_prev.get(key)
+        if prev is not None and now - prev[1] < self.settings.gpm_min_span_s:
+            return self._gpm_last.get(key, {})  # too close for a meaningful window: keep the last values
+        call = "gpm_sample" if gpu_instance_id is None else "gpm_mig_sample"
+        sample = self._optional(i, call, self.backend.gpm_sample, h, gpu_instance_id)
+        if sample is None:
+            return {}
+        self._gpm_prev[key] = (sample, now)
+        if prev is None:
+            return {}  # the first sample only opens the window
+        self._current_call[i] = "gpm_metrics"
+        try:
+            raw = self.backend.gpm_metrics(prev[0], sample, _GPM_IDS)
+        except (*ABSENT, pynvml.NVMLError_InvalidArgument) as exc:
+            self.errors[("gpm_metrics", error_name(exc))] += 1
+            raw = {}
+        finally:
+            self.backend.gpm_sample_free(prev[0])
+        values = {name: raw[mid] for name, mid in GPM_METRICS.items() if mid in raw}
+        self._gpm_last[key] = values
+        return values
+
+    def _drop_gpm(self, index: int | None = None) -> None:
+        """Free the kept GPM samples (of one GPU, or all): the next cycle starts a new window."""
+        for key in [k for k in self._gpm_prev if index is None or k[0] == index]:
+            sample, _ = self._gpm_prev.pop(key)
+            self._gpm_last.pop(key, None)
+            with contextlib.suppress(Exception):  # the handle may be gone with the GPU
+                self.backend.gpm_sample_free(sample)
 
     def _processes(self, i: int, h: Any) -> list[tuple[str, str, int]]:
         self._current_call[i] = "compute_processes"
@@ -322,112 +360,8 @@ class GpuSampler:
         snap = snap or Snapshot([], False, 0.0, 0.0)
         out: list[str] = []
         if self.native:
-            out += self._render_native(snap)
+            out += render_native(snap, self.hostname, self.settings.critical_xids)
         if self.dcgm:
-            out += self._render_dcgm(snap)
-        out += self._render_self(snap)
+            out += render_dcgm(snap, self.hostname, self.settings.dcgm_hostname_label)
+        out += render_self(snap, self.errors)
         return "\n".join(out) + "\n"
-
-    def _render_native(self, snap: Snapshot) -> list[str]:
-        families = _Families()
-        add = families.add
-
-        for g in snap.gpus:
-            k: LabelKey = (("gpu", str(g.index)), ("uuid", g.uuid))
-            add("gpu_up", k, 1.0 if g.up else 0.0)
-            if not g.up:
-                continue
-            info = (
-                ("name", g.name),
-                ("pci_bus_id", g.pci_bus_id),
-                ("driver_version", snap.driver_version),
-                ("cuda_version", snap.cuda_version),
-                ("mig_mode", g.mig_mode),
-                ("hostname", self.hostname),
-            )
-            add("gpu_info", k + info, 1.0)
-            add("gpu_utilization_ratio", k, None if g.util is None else g.util / 100)
-            add("gpu_memory_utilization_ratio", k, None if g.mem_util is None else g.mem_util / 100)
-            if g.memory is not None:
-                add("gpu_memory_used_bytes", k, g.memory.used)
-                add("gpu_memory_total_bytes", k, g.memory.total)
-            add("gpu_power_watts", k, None if g.power_mw is None else g.power_mw / 1000)
-            add("gpu_power_limit_watts", k, None if g.power_limit_mw is None else g.power_limit_mw / 1000)
-            add("gpu_energy_joules_total", k, None if g.energy_mj is None else g.energy_mj / 1000)
-            add("gpu_temperature_celsius", k, g.temperature)
-            add("gpu_memory_temperature_celsius", k, g.memory_temperature)
-            add("gpu_sm_clock_hertz", k, None if g.sm_clock is None else g.sm_clock * 1e6)
-            add("gpu_memory_clock_hertz", k, None if g.memory_clock is None else g.memory_clock * 1e6)
-            if g.throttle is not None:
-                for reason, bit in THROTTLE_REASONS:
-                    add("gpu_throttle_active", (*k, ("reason", reason)), 1.0 if g.throttle & bit else 0.0)
-            add("gpu_ecc_errors_total", (*k, ("type", "corrected")), g.ecc_corrected)
-            add("gpu_ecc_errors_total", (*k, ("type", "uncorrected")), g.ecc_uncorrected)
-            add("gpu_pcie_replay_errors_total", k, g.pcie_replays)
-            for pid, process, used in g.processes:
-                add("gpu_process_memory_used_bytes", (*k, ("pid", pid), ("process", process)), used)
-            for dev, mem in g.mig:
-                mk = (*k, ("mig_uuid", dev.uuid), ("gpu_instance_id", str(dev.gpu_instance_id)))
-                add(
-                    "gpu_mig_info",
-                    (*mk, ("compute_instance_id", str(dev.compute_instance_id)), ("profile", dev.profile)),
-                    1.0,
-                )
-                if mem is not None:
-                    add("gpu_mig_memory_used_bytes", mk, mem.used)
-                    add("gpu_mig_memory_total_bytes", mk, mem.total)
-        # XID counters: the critical codes exist from the start at 0, others appear when first seen.
-        with self._lock:
-            xids = Counter(self.xids)
-        for g in snap.gpus:
-            for code in self.settings.critical_xids:
-                xids.setdefault((str(g.index), g.uuid, code), 0)
-        for (index, uuid, code), n in sorted(xids.items(), key=lambda kv: (kv[0][0], kv[0][2])):
-            add("gpu_xid_errors_total", (("gpu", index), ("uuid", uuid), ("xid", str(code))), n)
-        return families.render()
-
-    def _render_dcgm(self, snap: Snapshot) -> list[str]:
-        families = _Families()
-        add = families.add
-
-        for g in snap.gpus:
-            if not g.up:
-                continue  # dcgm-exporter omits what it cannot read
-            k = (
-                ("gpu", str(g.index)),
-                ("UUID", g.uuid),
-                ("device", f"nvidia{g.index}"),
-                ("modelName", g.name),
-                ("Hostname", self.hostname),
-                ("pci_bus_id", g.pci_bus_id),
-            )
-            add("DCGM_FI_DEV_GPU_UTIL", k, g.util)
-            add("DCGM_FI_DEV_MEM_COPY_UTIL", k, g.mem_util)
-            if g.memory is not None:
-                add("DCGM_FI_DEV_FB_USED", k, g.memory.used // MIB)
-                add("DCGM_FI_DEV_FB_FREE", k, g.memory.free // MIB)
-            add("DCGM_FI_DEV_POWER_USAGE", k, None if g.power_mw is None else g.power_mw / 1000)
-            add("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", k, g.energy_mj)
-            add("DCGM_FI_DEV_GPU_TEMP", k, g.temperature)
-            add("DCGM_FI_DEV_MEMORY_TEMP", k, g.memory_temperature)
-            add("DCGM_FI_DEV_SM_CLOCK", k, g.sm_clock)
-            add("DCGM_FI_DEV_MEM_CLOCK", k, g.memory_clock)
-            add("DCGM_FI_DEV_XID_ERRORS", k, self.last_xid.get(g.uuid, 0))
-            add("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", k, g.pcie_replays)
-        return families.render()
-
-    def _render_self(self, snap: Snapshot) -> list[str]:
-        out = [
-            *header("gpu_exporter_last_collect_success"),
-            line("gpu_exporter_last_collect_success", (), 1.0 if snap.success else 0.0),
-            *header("gpu_exporter_last_collect_timestamp_seconds"),
-            line("gpu_exporter_last_collect_timestamp_seconds", (), snap.timestamp),
-            *header("gpu_exporter_collect_duration_seconds"),
-            line("gpu_exporter_collect_duration_seconds", (), snap.duration_s),
-            *header("gpu_exporter_devices"),
-            line("gpu_exporter_devices", (), float(len(snap.gpus))),
-            *header("gpu_exporter_nvml_errors_total"),
-        ]
-        for (call, error), n in sorted(self.errors.items()):
-            out.append(line("gpu_exporter_nvml_errors_total", (("call", call), ("error", error)), n))
-        return out

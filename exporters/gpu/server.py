@@ -12,10 +12,11 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import PROCESS_COLLECTOR, CollectorRegistry, generate_latest
 
+from exporters.engine.parse import iter_samples
 from exporters.gpu.sampler import GpuSampler
 from observer.exposition import CONTENT_TYPE
 
-_RUNNING = ("vllm:num_requests_running", "llm_requests_running")
+_RUNNING = frozenset({"vllm:num_requests_running", "llm_requests_running"})
 
 
 class MetricsLoadSignal:
@@ -33,14 +34,11 @@ class MetricsLoadSignal:
                 self._at = time.monotonic()
                 try:
                     text = httpx.get(self.url, timeout=0.5).text
-                    running = sum(
-                        float(line.rsplit(" ", 1)[1])
-                        for line in text.splitlines()
-                        if line.startswith(_RUNNING)
-                    )
+                    # The engine exporter's parser: validates the text, parses labels only for these names.
+                    running = sum(value for _name, _labels, value in iter_samples(text, _RUNNING))
                     self._value = min(1.0, running / self.capacity)
-                except (httpx.HTTPError, ValueError, IndexError):
-                    self._value = 0.0  # engine gone: GPUs idle
+                except (httpx.HTTPError, ValueError):  # ParseError, TooManySamples
+                    self._value = 0.0  # engine gone or not speaking Prometheus text: GPUs idle
             return self._value
 
 
