@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from typing import Literal
 
 import httpx
 from rich.console import Console, Group
@@ -40,7 +41,7 @@ def _by(results: list[dict], label: str) -> dict[str, float]:
 
 
 def view(stack: Stack, elapsed: float) -> Group:
-    prom = stack.prometheus_url
+    prom = stack.query_url
     engines = Table(title=f"LLM Observer demo - {elapsed:.0f}s (Ctrl-C stops)", expand=True)
     for col in ("engine", "model", "up", "running", "waiting", "KV cache", "gen tok/s", "TTFT p95"):
         engines.add_column(col, justify="left" if col in ("engine", "model") else "right")
@@ -107,7 +108,11 @@ def view(stack: Stack, elapsed: float) -> Group:
 
 
 async def run_demo(
-    engines: int = 2, users: int = 300, rps: float = 6.0, duration: float | None = None
+    engines: int = 2,
+    users: int = 300,
+    rps: float = 6.0,
+    duration: float | None = None,
+    tsdb: Literal["prometheus", "victoriametrics"] = "prometheus",
 ) -> None:
     console = Console()
     stop = asyncio.Event()
@@ -117,7 +122,7 @@ async def run_demo(
     console.print(
         "starting the stack (simulated engines, exporters, observer serve, Prometheus, Alertmanager)..."
     )
-    stack = Stack(StackOptions(engines=engines, analytics_refresh_s=15))
+    stack = Stack(StackOptions(engines=engines, analytics_refresh_s=15, tsdb=tsdb))
     try:
         await asyncio.to_thread(stack.start)
         assert stack.serve is not None
@@ -129,7 +134,11 @@ async def run_demo(
             console.print(f"[bold]{e.name}[/]          {e.url}/v1  (OpenAI API)")
         console.print(f"[bold]engine exporter[/]   {stack.exporter.url}/probe?target=...")
         console.print(f"[bold]GPU exporter[/]      {stack.gpu.url}/metrics  (fake GPUs)")
-        console.print(f"[bold]Prometheus[/]        {stack.prometheus_url or 'not installed'}")
+        if stack.victoriametrics_url:
+            console.print(f"[bold]VictoriaMetrics[/]   {stack.victoriametrics_url}  (Grafana data source)")
+            console.print(f"[bold]vmalert[/]           {stack.vmalert_url}/api/v1/alerts")
+        else:
+            console.print(f"[bold]Prometheus[/]        {stack.prometheus_url or 'not installed'}")
         console.print(f"[bold]Alertmanager[/]      {stack.alertmanager_url or 'not installed'}")
         console.print(
             f"[dim]logs and configs in {stack.dir}; dashboards to import: dashboards/generated/*.json[/]"

@@ -20,7 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer.netutil import free_port
-from observer.stack import alertmanager_args, alertmanager_config
+from observer.stack import alertmanager_args, alertmanager_config, prometheus_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,17 +138,8 @@ class Prometheus:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
         (self.dir / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = Process(
-            [
-                binary("prometheus"),
-                f"--config.file={self.dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
-                "--log.level=warn",
-            ],
-            "prometheus",
-        )
+        config_file, data = self.dir / "prometheus.yml", self.dir / "data"
+        self.proc = Process(prometheus_args(binary("prometheus"), config_file, data, self.port), "prometheus")
         try:
             wait_http(self.url + "/-/ready", timeout=30, proc=self.proc.proc)
         except Exception:
