@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from alerts.rules import render
+from alerts.rules import write
 from observer.config import load_settings
 
 ROOT = Path(__file__).parent
@@ -17,11 +17,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT), help="directory that receives generated/ and tests/")
     args = ap.parse_args()
     settings = load_settings(args.config, environ={}) if args.config else load_settings(environ={})
-    out = Path(args.out)
-    for name, text in render(settings).items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(text)
-        print(f"wrote {out / name}")
+    for path in write(settings, Path(args.out)):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

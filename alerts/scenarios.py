@@ -23,12 +23,12 @@ from pathlib import Path
 import yaml
 
 from alerts.rules import alerts, group_eval_order, write_rule_files
-from observer.config import Settings
+from observer.config import Settings, load_settings
 
-ENGINE = 'job="llm-engines",instance="vllm-0:8000",model="m",dp_rank="0"'
-GPU_NODE = 'job="gpu",instance="node-a:9835"'
-TTFT_LE = ("0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "20.0", "+Inf")
-ITL_LE = ("0.025", "0.05", "0.1", "0.2", "+Inf")
+# Bucket bounds around the targets (as multiples of them), so the shapes below mean the same
+# thing for any settings: the 4th TTFT bound is the SLO target, the 3rd ITL bound the ITL target.
+TTFT_LE_FACTORS = (0.1, 0.2, 0.4, 1, 2, 4, 8)
+ITL_LE_FACTORS = (0.25, 0.5, 1, 2)
 HEALTHY_TTFT = (0.80, 0.93, 0.985, 0.998, 1, 1, 1, 1)  # cumulative share <= each bound
 HEALTHY_ITL = (0.5, 0.97, 1, 1, 1)
 
@@ -68,7 +68,8 @@ def _duration_minutes(text: str) -> int:
 def scenarios(settings: Settings) -> list[Scenario]:
     fors = {a.name: a.for_ for group in alerts(settings).values() for a in group}
     fors.update(settings.alerting.for_overrides)
-    healthy = State()
+    slo = settings.slo
+    healthy = State(gpu_temp=slo.gpu_temperature_warning_celsius - 20)
     onset = 60
 
     def after(incident: State) -> Callable[[int], State]:
@@ -84,7 +85,8 @@ def scenarios(settings: Settings) -> list[Scenario]:
             return healthy
         return replace(
             healthy,
-            kv=0.995,
+            kv=(slo.kv_cache_critical_ratio + 1) / 2,
+            gpu_temp=slo.gpu_temperature_warning_celsius - 20,
             waiting=min(60, 2 * (t - onset + 1)),
             preemptions_per_s=0.5,
             ttft=(0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95, 1),
@@ -108,7 +110,14 @@ def scenarios(settings: Settings) -> list[Scenario]:
         Scenario(
             "queue build-up",
             90,
-            after(replace(healthy, kv=0.85, waiting=25, ttft=(0.5, 0.7, 0.85, 0.97, 1, 1, 1, 1))),
+            after(
+                replace(
+                    healthy,
+                    kv=slo.kv_cache_warning_ratio - 0.05,
+                    waiting=slo.queue_waiting_threshold * 2.5,
+                    ttft=(0.5, 0.7, 0.85, 0.97, 1, 1, 1, 1),
+                )
+            ),
             onset,
             ("LLMRequestQueueBuildingUp",),
             ("LLMTimeToFirstTokenSpike", "LLMTimeToFirstTokenBudgetBurn"),
@@ -159,7 +168,16 @@ def _cumulative(values: list[float]) -> list[float]:
     return out
 
 
-def input_series(s: Scenario) -> list[dict[str, str]]:
+def _bounds(target: float, factors: tuple[float, ...]) -> tuple[str, ...]:
+    return (*(repr(float(round(target * f, 6))) for f in factors), "+Inf")
+
+
+def input_series(s: Scenario, settings: Settings) -> list[dict[str, str]]:
+    ENGINE = f'job="{settings.alerting.engine_job}",instance="vllm-0:8000",model="m",dp_rank="0"'
+    GPU_NODE = f'job="{settings.alerting.gpu_job}",instance="node-a:9835"'
+    TTFT_LE = _bounds(settings.slo.ttft_target_s, TTFT_LE_FACTORS)
+    ITL_LE = _bounds(settings.slo.itl_p95_target_s, ITL_LE_FACTORS)
+    memory_used = min(0.9, settings.slo.gpu_memory_warning_ratio - 0.05) * 80e9
     states = [s.state(t) for t in range(s.minutes + 1)]
     per_min = [st.rps * 60 for st in states]
     series: dict[str, list[str]] = {}
@@ -182,7 +200,7 @@ def input_series(s: Scenario) -> list[dict[str, str]]:
         return [v if alive else None for v, alive in zip(values, up, strict=True)]
 
     put(f"llm_engine_up{{{ENGINE.rsplit(',model', 1)[0]}}}", [1.0 if u else 0.0 for u in up])
-    put('up{job="llm-engines",instance="vllm-0:8000"}', [1.0] * len(states))
+    put(f'up{{job="{settings.alerting.engine_job}",instance="vllm-0:8000"}}', [1.0] * len(states))
     put(f"llm_kv_cache_usage_ratio{{{ENGINE}}}", engine([st.kv for st in states]))
     put(f"llm_requests_waiting{{{ENGINE}}}", engine([st.waiting for st in states]))
     put(
@@ -210,9 +228,12 @@ def input_series(s: Scenario) -> list[dict[str, str]]:
 
         put(f"gpu_up{{{gsel}}}", [1.0 if a else 0.0 for a in alive])
         put(f"gpu_temperature_celsius{{{gsel}}}", gpu([st.gpu_temp for st in states]))
-        put(f"gpu_memory_used_bytes{{{gsel}}}", gpu([72e9] * len(states)))
+        put(f"gpu_memory_used_bytes{{{gsel}}}", gpu([memory_used] * len(states)))
         put(f"gpu_memory_total_bytes{{{gsel}}}", gpu([80e9] * len(states)))
-        put(f'gpu_throttle_active{{{gsel},reason="hw_thermal_slowdown"}}', gpu([0.0] * len(states)))
+        put(
+            f'gpu_throttle_active{{{gsel},reason="{settings.slo.gpu_throttle_reasons[0]}"}}',
+            gpu([0.0] * len(states)),
+        )
         put(f'gpu_ecc_errors_total{{{gsel},type="uncorrected"}}', gpu([0.0] * len(states)))
     put(f"gpu_exporter_last_collect_success{{{GPU_NODE}}}", [1.0] * len(states))
     return [{"series": k, "values": " ".join(v)} for k, v in series.items()]
@@ -235,13 +256,18 @@ def _unrelated_silent(s: Scenario, at: int) -> dict:
     }
 
 
-def test_file(s: Scenario, checks: list[dict], order: list[str]) -> dict:
+def test_file(s: Scenario, checks: list[dict], order: list[str], settings: Settings) -> dict:
     return {
         "rule_files": ["rules/recording_rules.yml", "rules/alert_rules.yml"],
         "evaluation_interval": "1m",
         "group_eval_order": order,
         "tests": [
-            {"name": s.name, "interval": "1m", "input_series": input_series(s), "promql_expr_test": checks}
+            {
+                "name": s.name,
+                "interval": "1m",
+                "input_series": input_series(s, settings),
+                "promql_expr_test": checks,
+            }
         ],
     }
 
@@ -270,7 +296,7 @@ def run(settings: Settings, workdir: Path, promtool: str = "promtool") -> list[R
         path = workdir / f"scenario_{i}.yml"
 
         def check(checks: list[dict], s: Scenario = s, path: Path = path) -> bool:
-            path.write_text(yaml.safe_dump(test_file(s, checks, order), width=10_000))
+            path.write_text(yaml.safe_dump(test_file(s, checks, order, settings), width=10_000))
             return _promtool(path, promtool)
 
         if s.onset is None:  # the normal day: nothing but the Watchdog, every hour
@@ -296,9 +322,11 @@ def run(settings: Settings, workdir: Path, promtool: str = "promtool") -> list[R
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="write the scenario rule files and tests here and keep them")
+    ap.add_argument("--config", help="observer.yaml to take thresholds and job names from")
     args = ap.parse_args()
+    settings = load_settings(args.config, environ={}) if args.config else Settings()
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="scenarios-"))
-    for r in run(Settings(), work):
+    for r in run(settings, work):
         detail = (
             f"{r.alert} after {r.detected_after_min} min (budget {r.budget_min})"
             if r.alert

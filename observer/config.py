@@ -236,6 +236,17 @@ class SloSettings(_Section):
     gpu_memory_warning_ratio: float = Field(0.97, gt=0, le=1)  # vLLM preallocates 0.9 by default
     collector_rejected_ratio: float = Field(0.05, gt=0, le=1)
     dau_drop_ratio: float = Field(0.3, gt=0, lt=1)  # week-over-week drop of DAU that opens a ticket
+    # Clock-throttle reasons that slow decode (NVML names); sw_power_cap and gpu_idle are normal.
+    gpu_throttle_reasons: list[str] = Field(
+        default_factory=lambda: [
+            "hw_slowdown",
+            "hw_thermal_slowdown",
+            "sw_thermal_slowdown",
+            "hw_power_brake_slowdown",
+        ],
+        min_length=1,
+    )
+    gpu_throttled_share: float = Field(0.5, gt=0, lt=1)  # share of 10 minutes throttled that opens a ticket
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -260,6 +271,39 @@ class AlertingSettings(_Section):
     for_overrides: dict[str, str] = Field(default_factory=dict)
 
 
+class DashboardSettings(_Section):
+    """Colour bands of dashboard panels that no alert owns (alert thresholds come from ``slo``)."""
+
+    # DAU/MAU: below the first an occasional tool (red), above the second a daily habit (green).
+    stickiness_occasional_below: float = Field(0.2, gt=0, lt=1)
+    stickiness_habit_above: float = Field(0.5, gt=0, lt=1)
+    # Month-to-month retention bands, read the same way.
+    retention_low_below: float = Field(0.3, gt=0, lt=1)
+    retention_good_above: float = Field(0.6, gt=0, lt=1)
+    # Error budget remaining: red below the first, orange below the second, green above.
+    budget_critical_below: float = Field(0.25, gt=0, lt=1)
+    budget_warning_below: float = Field(0.5, gt=0, lt=1)
+    # A latency stat turns orange at this fraction of its target, red at the target.
+    near_target_fraction: float = Field(0.8, gt=0, lt=1)
+    # The hottest-GPU gauge turns orange this many degrees below the alert threshold.
+    temperature_notice_margin_celsius: float = Field(5, ge=0)
+    # Waiting requests turn orange from this many (red at slo.queue_waiting_threshold).
+    waiting_requests_notice: float = Field(1, ge=0)
+    # uid of the provisioned Alertmanager data source that alertlist panels read.
+    alertmanager_datasource_uid: str = "alertmanager"
+
+    @model_validator(mode="after")
+    def _bands_ordered(self) -> Self:
+        for low, high in (
+            ("stickiness_occasional_below", "stickiness_habit_above"),
+            ("retention_low_below", "retention_good_above"),
+            ("budget_critical_below", "budget_warning_below"),
+        ):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} must be below {high}")
+        return self
+
+
 class Settings(_Section):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     engine_exporter: EngineExporterSettings = Field(default_factory=EngineExporterSettings)
@@ -270,6 +314,7 @@ class Settings(_Section):
     cost: CostSettings = Field(default_factory=CostSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
+    dashboards: DashboardSettings = Field(default_factory=DashboardSettings)
 
     def with_overrides(self, section: str, **values: Any) -> Settings:
         """A copy with some keys of one section replaced (``None`` values are ignored), re-validated."""

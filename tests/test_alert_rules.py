@@ -14,14 +14,19 @@ import pytest
 import yaml
 from support import Alertmanager, Prometheus, binary, observer_server, simulator
 
-from alerts.rules import alert_groups, all_alert_names, recording_groups, render, write_rule_files
+from alerts.model import expand, humanize_duration, humanize_percentage
+from alerts.recording import recording_groups, slo_windows
+from alerts.rules import alert_groups, all_alert_names, render, write, write_rule_files
 from observer.catalog import CATALOG, exposed_series_names
-from observer.config import Settings
+from observer.config import Settings, load_settings
 from observer.load.generator import LoadConfig, run_load
 from observer.promql import metric_names
 
 ALERTS_DIR = Path(__file__).resolve().parents[1] / "alerts"
 RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks.md"
+UNUSUAL = Path(__file__).resolve().parent / "fixtures" / "settings" / "unusual.yaml"
+# The defaults, and a file far from them (thresholds, job names, two burn windows, for overrides).
+SETTINGS = {"defaults": Settings(), "unusual": load_settings(UNUSUAL, environ={})}
 
 
 def test_generated_files_are_up_to_date():
@@ -31,13 +36,22 @@ def test_generated_files_are_up_to_date():
         assert path.read_text() == text, f"{rel} drifted from observer/config.py: run `python -m alerts`"
 
 
-def test_promtool_check_rules():
+def _generated(name: str, tmp_path: Path) -> Path:
+    """The committed files for the defaults; for other settings, what `python -m alerts --config` writes."""
+    if name == "defaults":
+        return ALERTS_DIR
+    write(SETTINGS[name], tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_promtool_check_rules(name, tmp_path):
     out = subprocess.run(
         [
             binary("promtool"),
             "check",
             "rules",
-            *sorted(str(p) for p in (ALERTS_DIR / "generated").glob("*.yml")),
+            *sorted(str(p) for p in (_generated(name, tmp_path) / "generated").glob("*.yml")),
         ],
         capture_output=True,
         text=True,
@@ -47,23 +61,48 @@ def test_promtool_check_rules():
     assert "SUCCESS" in out.stdout
 
 
-def test_promtool_unit_tests_cover_every_alert_positive_and_negative():
-    tests = [yaml.safe_load(p.read_text()) for p in sorted((ALERTS_DIR / "tests").glob("*.yml"))]
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_promtool_unit_tests_cover_every_alert_positive_and_negative(name, tmp_path):
+    """The generated cases pass for the settings they were generated from, defaults or not."""
+    root = _generated(name, tmp_path)
+    tests = [yaml.safe_load(p.read_text()) for p in sorted((root / "tests").glob("*.yml"))]
     fires, silent = set(), set()
     for t in tests:
         for group in t["tests"]:
-            for check in group["alert_rule_test"]:
+            for check in group.get("alert_rule_test", []):
                 (fires if check.get("exp_alerts") else silent).add(check["alertname"])
-    names = set(all_alert_names(Settings()))
+    names = set(all_alert_names(SETTINGS[name]))
     assert names <= fires, f"alerts without a firing test: {names - fires}"
     assert names - {"Watchdog"} <= silent, f"alerts without a negative test: {names - silent - {'Watchdog'}}"
     out = subprocess.run(
-        [binary("promtool"), "test", "rules", *sorted(str(p) for p in (ALERTS_DIR / "tests").glob("*.yml"))],
+        [binary("promtool"), "test", "rules", *sorted(str(p) for p in (root / "tests").glob("*.yml"))],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+
+
+def test_unusual_settings_reach_rules_and_cases(tmp_path):
+    """Nothing in the unusual file's output is a default: job names, thresholds, windows, runbooks."""
+    s = SETTINGS["unusual"]
+    write(s, tmp_path)
+    text = "".join(p.read_text() for p in sorted(tmp_path.rglob("*.yml")))
+    for default in ('job="llm-engines"', 'job="gpu"', 'job="observer"', "ratio_rate30m", "ratio_rate6h"):
+        assert default not in text, default
+    assert 'job="vllm"' in text and 'job="dcgm"' in text and "runbooks.example" in text
+    assert "> 0.8" in text and "> 0.99" in text and "> 20" in text
+    assert slo_windows(s) == ["10m", "1h", "2h", "12h"]
+
+
+def test_prometheus_template_functions():
+    # Values Prometheus 2.42 renders (checked end to end by the promtool cases above).
+    assert humanize_percentage(0.985) == "98.5%" and humanize_percentage(1) == "100%"
+    assert humanize_duration(0.1975) == "197.5ms" and humanize_duration(7.375) == "7.375s"
+    assert humanize_duration(90) == "1m 30s" and humanize_duration(0) == "0s"
+    assert expand("{{ $labels.a }} at {{ $value }}", {"a": "x"}, 20.0) == "x at 20"
+    with pytest.raises(ValueError):
+        expand("{{ $value | title }}", {}, 1)
 
 
 def test_mutated_threshold_is_caught_by_the_unit_tests(tmp_path):
@@ -98,14 +137,23 @@ def test_every_alert_is_well_formed_and_has_a_runbook_section():
             assert anchor == name.lower() and anchor in anchors, f"{name}: no '## {name}' in docs/runbooks.md"
 
 
-def test_every_metric_in_the_rules_is_in_the_catalog_or_recorded():
-    s = Settings()
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_every_metric_in_the_rules_is_in_the_catalog_or_recorded(name):
+    s = SETTINGS[name]
     known = {n for spec in CATALOG for n in exposed_series_names(spec)} | {"up"}
     recorded = {r["record"] for g in recording_groups(s) for r in g["rules"]}
+    read: set[str] = set()
     for group in recording_groups(s) + alert_groups(s):
         for rule in group["rules"]:
-            unknown = metric_names(rule["expr"]) - known - recorded
+            names = metric_names(rule["expr"])
+            read |= names
+            unknown = names - known - recorded
             assert not unknown, f"{rule.get('record') or rule.get('alert')}: {unknown} not in the catalog"
+    # Every recorded SLO window is a burn window, and every burn window's ratios are read by an alert.
+    windows = {w for r in recorded if (m := re.fullmatch(r"llm:\w+:(?:ratio_)?rate(\w+)", r)) for w in [m[1]]}
+    assert windows - {"5m"} <= set(slo_windows(s)) <= windows
+    for w in s.slo.burn_windows:
+        assert {f"llm:ttft_slo_errors:ratio_rate{w.long}", f"llm:request_errors:ratio_rate{w.short}"} <= read
 
 
 def test_thresholds_come_from_the_config():
