@@ -283,7 +283,7 @@ ENGINE: tuple[MetricSpec, ...] = (
         "llm_engine_probe_error",
         "gauge",
         "Set to 1 with the reason the last probe failed (timeout, refused, http_status, parse_error, "
-        "unknown_engine, body_too_large, connect_error).",
+        "unknown_engine, body_too_large, too_many_series, connect_error).",
         labels=("reason",),
         schema="llm",
     ),

@@ -67,9 +67,9 @@ class SimulatorSettings(_Section):
 class EngineExporterSettings(_Section):
     """The multi-target engine exporter (``/probe?target=``)."""
 
-    # SSRF guard. The default admits loopback and the private ranges where self-hosted engines live
-    # (RFC 1918, IPv6 ULA) and refuses everything else, including link-local 169.254.0.0/16 where
-    # cloud metadata services answer. Set to [] plus allow_any=true only on a trusted network.
+    # SSRF guard. The default admits loopback and the RFC 1918 ranges where self-hosted engines live
+    # and refuses everything else. IPv6 ULA (fc00::/7) is not admitted by default: AWS serves instance
+    # metadata at fd00:ec2::254; add your own ULA prefix (e.g. "fd12:3456:789a::/48") to allow engines there.
     allowed_targets: list[str] = Field(
         default_factory=lambda: [
             "127.0.0.0/8",
@@ -77,14 +77,31 @@ class EngineExporterSettings(_Section):
             "10.0.0.0/8",
             "172.16.0.0/12",
             "192.168.0.0/16",
-            "fc00::/7",
             "localhost",
         ]
     )
-    allow_any_target: bool = False
+    # Refused even when an allowed entry or allow_any_target covers them: metadata services
+    # (169.254.169.254, fd00:ec2::254, 100.100.100.200), link-local, "this host". Edit to allow one.
+    denied_targets: list[str] = Field(
+        default_factory=lambda: [
+            "169.254.0.0/16",
+            "fe80::/10",
+            "fd00:ec2::/32",
+            "100.100.100.200/32",
+            "0.0.0.0/8",
+            "::/128",
+        ]
+    )
+    allow_any_target: bool = False  # any target outside denied_targets; only on a trusted network
     default_timeout_s: float = Field(10.0, gt=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    max_concurrent_probes: int = Field(64, ge=1)
+    # Fetches at once (sockets and bodies in memory). Targets whose last probe failed or that never
+    # answered share at most half of them, so dead targets cannot starve live ones.
+    max_concurrent_probes: int = Field(64, ge=2)
+    max_probes_per_target: int = Field(2, ge=1)  # fetches at once per engine address
+    # Wanted samples read from one exposition; past it the probe fails (too_many_series).
+    max_series: int = Field(50_000, ge=100)
+    parse_threads: int = Field(4, ge=1)  # parsing runs off the event loop, in these threads
     metrics_path: str = "/metrics"
 
 

@@ -18,13 +18,14 @@ FIXTURE = (Path(__file__).parent / "fixtures" / "engines" / "vllm-0.11.txt").rea
 
 
 class _BadEngine(BaseHTTPRequestHandler):
-    """One server, many misbehaviours, chosen by path prefix."""
+    """One misbehaviour per server (a target is scheme://host:port only, so the port chooses it)."""
 
     protocol_version = "HTTP/1.1"
+    kind = "ok"
     fetches: dict[str, int] = {}
 
     def do_GET(self):
-        kind = self.path.strip("/").split("/")[0]
+        kind = self.kind
         _BadEngine.fetches[kind] = _BadEngine.fetches.get(kind, 0) + 1
         if kind == "slow":
             time.sleep(3)
@@ -59,13 +60,22 @@ class _BadEngine(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def bad_engine():
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _BadEngine)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    """bad_engine(kind) -> the base URL of a server that misbehaves that way (started on first use)."""
+    servers: dict[str, ThreadingHTTPServer] = {}
+
+    def url(kind: str) -> str:
+        if kind not in servers:
+            handler = type(f"_BadEngine_{kind}", (_BadEngine,), {"kind": kind})
+            server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers[kind] = server
+        return f"http://127.0.0.1:{servers[kind].server_address[1]}"
+
+    yield url
+    for server in servers.values():
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +97,7 @@ def sample(text, name):
 
 
 def test_good_target(exporter, bad_engine):
-    r = probe(exporter, bad_engine + "/ok")
+    r = probe(exporter, bad_engine("ok"))
     assert r.status_code == 200
     assert sample(r.text, "llm_engine_up") == "llm_engine_up 1.0"
     assert 'llm_requests_running{model="Qwen/Qwen3-0.6B",dp_rank="0"} 3.0' in r.text
@@ -103,7 +113,7 @@ def test_good_target(exporter, bad_engine):
     ],
 )
 def test_failures_are_answers_with_a_reason(exporter, bad_engine, path, reason):
-    r = probe(exporter, bad_engine + path)
+    r = probe(exporter, bad_engine(path.strip("/")))
     assert r.status_code == 200
     assert sample(r.text, "llm_engine_up") == "llm_engine_up 0.0"
     assert f'llm_engine_probe_error{{reason="{reason}"}} 1.0' in r.text
@@ -117,7 +127,7 @@ def test_dead_target_is_refused_connection(exporter):
 
 def test_scrape_timeout_header_is_honoured(exporter, bad_engine):
     start = time.monotonic()
-    r = probe(exporter, bad_engine + "/slow", **{"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
+    r = probe(exporter, bad_engine("slow"), **{"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
     elapsed = time.monotonic() - start
     assert 'llm_engine_probe_error{reason="timeout"} 1.0' in r.text
     assert elapsed < 2.0  # 1.5 s minus the 0.5 s offset, not the target's 3 s
@@ -126,13 +136,11 @@ def test_scrape_timeout_header_is_honoured(exporter, bad_engine):
 def test_slow_target_does_not_hold_up_other_probes(exporter, bad_engine):
     async def run():
         async with httpx.AsyncClient(timeout=15) as client:
-            slow = asyncio.create_task(
-                client.get(exporter + "/probe", params={"target": bad_engine + "/slow"})
-            )
+            slow = asyncio.create_task(client.get(exporter + "/probe", params={"target": bad_engine("slow")}))
             await asyncio.sleep(0.2)
             start = time.monotonic()
             fast = await asyncio.gather(
-                *(client.get(exporter + "/probe", params={"target": bad_engine + "/ok"}) for _ in range(20))
+                *(client.get(exporter + "/probe", params={"target": bad_engine("ok")}) for _ in range(20))
             )
             fast_elapsed = time.monotonic() - start
             await slow
@@ -147,10 +155,7 @@ def test_overlapping_probes_of_one_target_share_one_fetch(exporter, bad_engine):
     async def run():
         async with httpx.AsyncClient(timeout=15) as client:
             return await asyncio.gather(
-                *(
-                    client.get(exporter + "/probe", params={"target": bad_engine + "/shared"})
-                    for _ in range(10)
-                )
+                *(client.get(exporter + "/probe", params={"target": bad_engine("shared")}) for _ in range(10))
             )
 
     responses = asyncio.run(run())
@@ -179,7 +184,7 @@ def test_missing_target_is_400(exporter):
 
 
 def test_self_metrics_count_probes_and_reasons(exporter, bad_engine):
-    probe(exporter, bad_engine + "/garbage")
+    probe(exporter, bad_engine("garbage"))
     probe(exporter, "169.254.169.254")
     m = scrape(exporter + "/metrics")
     assert m["observer_engine_exporter_probe_failures_total"][(("reason", "parse_error"),)] >= 1
@@ -189,14 +194,15 @@ def test_self_metrics_count_probes_and_reasons(exporter, bad_engine):
 
 
 def test_allow_list_rules():
-    allow = AllowList(["10.0.0.0/8", "vllm-0.internal", r"re:^vllm-\d+\.prod$"])
+    # Names are resolved at check time (the probe connects to the checked address), so they must resolve.
+    allow = AllowList(["10.0.0.0/8", "localhost"])
 
-    def check(raw):
-        asyncio.run(allow.check(parse_target(raw)))
+    def check(raw, allow=allow):
+        return asyncio.run(allow.check(parse_target(raw)))
 
-    check("10.1.2.3:8000")
-    check("http://vllm-0.internal:8000")
-    check("http://vllm-17.prod")
+    assert check("10.1.2.3:8000").addresses == ("10.1.2.3",)
+    assert "127.0.0.1" in check("http://localhost:8000").addresses
+    assert "127.0.0.1" in check("http://LOCALHOST:8000", AllowList([r"re:^local\w+$"])).addresses
     for refused in ("11.0.0.1", "http://vllm-x.prod", "http://[::ffff:169.254.169.254]/"):
         with pytest.raises(TargetRefused):
             check(refused)

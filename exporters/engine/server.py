@@ -7,6 +7,8 @@ Prometheus scrapes ``/probe?target=<engine base URL>`` and relabels ``__param_ta
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,6 +17,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import generate_latest
 
 from exporters.engine.allowlist import TargetRefused
+from exporters.engine.mappings import engine_names
 from exporters.engine.probe import Prober
 from observer.config import EngineExporterSettings
 
@@ -23,19 +26,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 INDEX = """LLM Observer engine exporter
 
   /probe?target=http://vllm-0:8000   normalized llm_* metrics of one engine
-                                      (vllm, sglang, tgi, llama.cpp, trtllm)
+                                      (scheme://host:port only: the exporter picks the metrics path)
         [&model=NAME]                 model label for engines that do not name their model (tgi, llama.cpp)
+        [&engine=KIND]                fetch only that engine's metrics path(s)
   /metrics                            this exporter's own health
 """
 
 
-def create_app(settings: EngineExporterSettings) -> FastAPI:
+def create_app(settings: EngineExporterSettings, listen: tuple[str, int] | None = None) -> FastAPI:
+    """``listen``: the address the app is served on, which it refuses to probe."""
     prober: Prober | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal prober
-        prober = Prober(settings)
+        prober = Prober(settings, listen=listen)
         app.state.prober = prober
         yield
         await prober.aclose()
@@ -56,16 +61,25 @@ def create_app(settings: EngineExporterSettings) -> FastAPI:
         return Response(generate_latest(prober.registry), media_type=CONTENT_TYPE)
 
     @app.get("/probe")
-    async def probe(request: Request, target: str = "", model: str = "") -> Response:
+    async def probe(request: Request, target: str = "", model: str = "", engine: str = "") -> Response:
         assert prober is not None
         if not target:
             return PlainTextResponse("missing target parameter: /probe?target=http://host:port\n", 400)
+        if engine and engine not in engine_names():
+            known = ", ".join(engine_names())
+            return PlainTextResponse(f"unknown engine {engine!r}; known engines: {known}\n", 400)
+        timeout = prober.timeout_for(request.headers.get("x-prometheus-scrape-timeout-seconds"))
+        started = time.monotonic()
         try:
-            base_url = await prober.check_target(target)
+            # The allow-list's DNS lookup counts against the probe's deadline too.
+            async with asyncio.timeout(timeout):
+                checked = await prober.check_target(target)
         except TargetRefused as exc:
             return PlainTextResponse(f"target refused: {exc}\n", status_code=403)
-        timeout = prober.timeout_for(request.headers.get("x-prometheus-scrape-timeout-seconds"))
-        result = await prober.probe(base_url, timeout, model=model)
+        except TimeoutError:
+            return Response(prober.timed_out_answer(timeout), media_type=CONTENT_TYPE)
+        remaining = timeout - (time.monotonic() - started)
+        result = await prober.probe(checked, remaining, model=model, engine=engine or None)
         return Response(result.text, media_type=CONTENT_TYPE)
 
     return app
