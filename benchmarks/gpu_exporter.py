@@ -1,7 +1,9 @@
 """GPU exporter cost: collect cycle and scrape for 8 fake GPUs x 8 processes, and CPU per hour.
 
 1. In-process: a collect cycle (per-GPU worker tasks, error isolation, render of both naming modes)
-   minus the time spent inside the fake NVML calls = the exporter's own overhead per cycle.
+   minus the time spent inside the fake NVML calls = the exporter's own overhead per cycle. Every
+   cycle takes a GPM sample per GPU and computes activity from the previous one (gpm_min_span_s 0),
+   as a 1 s interval does on Hopper; ``--no-gpm`` measures the same node as pre-Hopper GPUs.
 2. Scrape: over HTTP against a real exporter process (the snapshot is pre-rendered, so a scrape is
    a memory copy plus the process collector).
 3. CPU seconds per hour of that process at a 1 s sampling interval, read from its own
@@ -32,26 +34,41 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=300)
     ap.add_argument("--window", type=float, default=30.0)
+    ap.add_argument("--no-gpm", action="store_true", help="GPUs without GPM (A100-like)")
     args = ap.parse_args()
 
     fake = FakeNvml(8, processes_per_gpu=8, load=lambda: 0.6)
-    sampler = GpuSampler(fake, GpuExporterSettings(hostname="bench"), native=True, dcgm=True)
+    if args.no_gpm:
+        for i in range(8):
+            fake.without_gpm(i)
+    settings = GpuExporterSettings(hostname="bench", gpm_min_span_s=0)
+    sampler = GpuSampler(fake, settings, native=True, dcgm=True)
     sampler.collect()
-    walls, inside = [], []
+    walls, inside, cpus = [], [], []
     for _ in range(args.cycles):
         before = fake.call_seconds
-        start = time.perf_counter()
+        cpu0, start = time.process_time(), time.perf_counter()
         sampler.collect()
         walls.append(time.perf_counter() - start)
+        cpus.append(time.process_time() - cpu0)  # all threads: less sensitive to a busy machine than wall
         inside.append(fake.call_seconds - before)
+    renders = []
+    for _ in range(args.cycles):
+        cpu0 = time.process_time()
+        sampler.render(sampler.snapshot)
+        renders.append(time.process_time() - cpu0)
     sampler.stop()
     overhead = [w - i for w, i in zip(walls, inside, strict=True)]
     series = sum(1 for line in sampler.text.splitlines() if line and not line.startswith("#"))
-    print(f"8 fake GPUs x 8 processes, native + dcgm names: {series} series per scrape")
+    print(
+        f"8 fake GPUs x 8 processes, native + dcgm names, GPM {'off' if args.no_gpm else 'on'}: "
+        f"{series} series, {len(sampler.text) / 1024:.0f} KiB per scrape (exporter part)"
+    )
     print(
         f"collect cycle: median {statistics.median(walls) * 1000:.2f} ms wall, of which fake NVML calls "
         f"{statistics.median(inside) * 1000:.2f} ms -> exporter overhead "
-        f"{statistics.median(overhead) * 1000:.2f} ms"
+        f"{statistics.median(overhead) * 1000:.2f} ms; CPU {statistics.median(cpus) * 1000:.2f} ms per "
+        f"cycle, of which rendering both namings {statistics.median(renders) * 1000:.2f} ms"
     )
 
     flags = ("--fake-gpus", "8", "--fake-processes", "8", "--dcgm-compat", "--interval", "1")

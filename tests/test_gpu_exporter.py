@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -576,16 +577,64 @@ def test_load_signal_reads_running_requests_with_the_engine_parser():
         server.shutdown()
 
 
+NO_DRIVER = "no libnvidia-ml / NVIDIA driver on this machine (runs on GPU machines)"
+
+
 @pytest.mark.gpu
 def test_real_nvml_backend_when_a_driver_is_present():
     if not pynvml_available():
-        pytest.skip("no libnvidia-ml / NVIDIA driver on this machine (runs on GPU machines)")
+        pytest.skip(NO_DRIVER)
     from exporters.gpu.nvml import PynvmlBackend
 
     sampler = GpuSampler(PynvmlBackend(), GpuExporterSettings(), native=True, dcgm=True)
-    snap = sampler.collect()
-    sampler.stop()
+    try:
+        sampler.collect()
+        time.sleep(1.2)  # GPM needs two samples at least gpm_min_span_s apart
+        snap = sampler.collect()
+    finally:
+        sampler.stop()
     assert snap.success and snap.gpus
     assert all(g.up for g in snap.gpus)
     assert values(sampler, "gpu_memory_total_bytes")
     assert "DCGM_FI_DEV_GPU_TEMP" in sampler.text
+    supported = values(sampler, "gpu_profiling_supported")
+    assert set(supported) == {str(g.index) for g in snap.gpus}
+    for gpu, ok in supported.items():
+        tensor = values(sampler, "gpu_tensor_active_ratio").get(gpu)
+        assert (tensor is not None and 0 <= tensor <= 1) if ok else tensor is None
+
+
+NVIDIA_SMI_FIELDS = "index,memory.total,memory.used,temperature.gpu,power.draw,clocks.sm,power.limit"
+
+
+@pytest.mark.gpu
+def test_real_nvml_values_match_nvidia_smi():
+    """The issue's check on a lent GPU: every value we read against nvidia-smi --query-gpu."""
+    if not pynvml_available() or shutil.which("nvidia-smi") is None:
+        pytest.skip(NO_DRIVER)
+    from exporters.gpu.nvml import PynvmlBackend
+
+    sampler = GpuSampler(PynvmlBackend(), GpuExporterSettings(), native=True, dcgm=False)
+    try:
+        sampler.collect()
+    finally:
+        sampler.stop()
+    out = subprocess.run(
+        ["nvidia-smi", f"--query-gpu={NVIDIA_SMI_FIELDS}", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    for row in out.strip().splitlines():
+        idx, mem_total, mem_used, temp, power, sm_clock, limit = (c.strip() for c in row.split(","))
+        assert values(sampler, "gpu_memory_total_bytes")[idx] == float(mem_total) * 2**20
+        assert values(sampler, "gpu_memory_used_bytes")[idx] == pytest.approx(
+            float(mem_used) * 2**20, abs=64 * 2**20
+        )
+        assert values(sampler, "gpu_temperature_celsius")[idx] == pytest.approx(float(temp), abs=3)
+        assert values(sampler, "gpu_power_watts")[idx] == pytest.approx(
+            float(power), abs=0.25 * float(power) + 15
+        )
+        assert values(sampler, "gpu_sm_clock_hertz")[idx] == pytest.approx(float(sm_clock) * 1e6, rel=0.3)
+        assert values(sampler, "gpu_power_limit_watts")[idx] == pytest.approx(float(limit), abs=1)

@@ -20,7 +20,7 @@ profiling per instance. We do the same.
 from __future__ import annotations
 
 from exporters.gpu.backend import MigDevice
-from exporters.gpu.snapshot import Families, GpuSample, MigSample, Snapshot
+from exporters.gpu.snapshot import Families, GpuSample, MigSample, Snapshot, label_text
 from exporters.gpu.xid import xid_message
 from observer.exposition import LabelKey
 
@@ -63,13 +63,14 @@ def render_dcgm(snap: Snapshot, hostname: str, hostname_label: str = "Hostname")
     if hostname_label not in HOSTNAME_LABELS:
         raise ValueError(f"hostname label must be one of {HOSTNAME_LABELS}, not {hostname_label!r}")
     families = Families()
-    add = families.add
+    add = families.add_text
 
     for g in snap.gpus:
         if not g.up:
             continue  # dcgm-exporter omits what it cannot read
         for mig in _entities(g):
-            k = _key(g, None if mig is None else mig.device, hostname_label, hostname, snap.driver_version)
+            key = _key(g, None if mig is None else mig.device, hostname_label, hostname, snap.driver_version)
+            k = label_text(key)
             add("DCGM_FI_DEV_SM_CLOCK", k, g.sm_clock)
             add("DCGM_FI_DEV_MEM_CLOCK", k, g.memory_clock)
             add("DCGM_FI_DEV_MEMORY_TEMP", k, g.memory_temperature)
@@ -83,7 +84,8 @@ def render_dcgm(snap: Snapshot, hostname: str, hostname_label: str = "Hostname")
                 add("DCGM_FI_DEV_ENC_UTIL", k, g.encoder_util)
                 add("DCGM_FI_DEV_DEC_UTIL", k, g.decoder_util)
             xid = snap.last_xid.get(g.uuid, 0)
-            add("DCGM_FI_DEV_XID_ERRORS", (*k, ("err_code", str(xid)), ("err_msg", xid_message(xid))), xid)
+            xid_labels = label_text((("err_code", str(xid)), ("err_msg", xid_message(xid))))
+            add("DCGM_FI_DEV_XID_ERRORS", f"{k},{xid_labels}", xid)
             memory = g.memory if mig is None else mig.memory
             if memory is not None:
                 add("DCGM_FI_DEV_FB_FREE", k, memory.free // MIB)

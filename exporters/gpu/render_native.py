@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from exporters.gpu.backend import GPM_PERCENT, THROTTLE_REASONS
-from exporters.gpu.snapshot import Families, Snapshot
+from exporters.gpu.snapshot import Families, Snapshot, label_text
 from observer.exposition import LabelKey, header, line
 
 MIB = 1024 * 1024
@@ -31,10 +31,12 @@ def _ratio(percent: float | None) -> float | None:
 def render_native(snap: Snapshot, hostname: str, critical_xids: Iterable[int]) -> list[str]:
     families = Families()
     add = families.add
+    add_text = families.add_text
 
     for g in snap.gpus:
         k: LabelKey = (("gpu", str(g.index)), ("uuid", g.uuid))
-        add("gpu_up", k, 1.0 if g.up else 0.0)
+        kt = label_text(k)
+        add_text("gpu_up", kt, 1.0 if g.up else 0.0)
         if not g.up:
             continue
         info = (
@@ -46,45 +48,46 @@ def render_native(snap: Snapshot, hostname: str, critical_xids: Iterable[int]) -
             ("hostname", hostname),
         )
         add("gpu_info", k + info, 1.0)
-        add("gpu_utilization_ratio", k, _ratio(g.util))
-        add("gpu_memory_utilization_ratio", k, _ratio(g.mem_util))
-        add("gpu_encoder_utilization_ratio", k, _ratio(g.encoder_util))
-        add("gpu_decoder_utilization_ratio", k, _ratio(g.decoder_util))
+        add_text("gpu_utilization_ratio", kt, _ratio(g.util))
+        add_text("gpu_memory_utilization_ratio", kt, _ratio(g.mem_util))
+        add_text("gpu_encoder_utilization_ratio", kt, _ratio(g.encoder_util))
+        add_text("gpu_decoder_utilization_ratio", kt, _ratio(g.decoder_util))
         if g.memory is not None:
-            add("gpu_memory_used_bytes", k, g.memory.used)
-            add("gpu_memory_total_bytes", k, g.memory.total)
-            add("gpu_memory_reserved_bytes", k, g.memory.reserved)
-        add("gpu_power_watts", k, None if g.power_mw is None else g.power_mw / 1000)
-        add("gpu_power_limit_watts", k, None if g.power_limit_mw is None else g.power_limit_mw / 1000)
-        add("gpu_energy_joules_total", k, None if g.energy_mj is None else g.energy_mj / 1000)
-        add("gpu_temperature_celsius", k, g.temperature)
-        add("gpu_memory_temperature_celsius", k, g.memory_temperature)
-        add("gpu_sm_clock_hertz", k, None if g.sm_clock is None else g.sm_clock * 1e6)
-        add("gpu_memory_clock_hertz", k, None if g.memory_clock is None else g.memory_clock * 1e6)
+            add_text("gpu_memory_used_bytes", kt, g.memory.used)
+            add_text("gpu_memory_total_bytes", kt, g.memory.total)
+            add_text("gpu_memory_reserved_bytes", kt, g.memory.reserved)
+        add_text("gpu_power_watts", kt, None if g.power_mw is None else g.power_mw / 1000)
+        add_text("gpu_power_limit_watts", kt, None if g.power_limit_mw is None else g.power_limit_mw / 1000)
+        add_text("gpu_energy_joules_total", kt, None if g.energy_mj is None else g.energy_mj / 1000)
+        add_text("gpu_temperature_celsius", kt, g.temperature)
+        add_text("gpu_memory_temperature_celsius", kt, g.memory_temperature)
+        add_text("gpu_sm_clock_hertz", kt, None if g.sm_clock is None else g.sm_clock * 1e6)
+        add_text("gpu_memory_clock_hertz", kt, None if g.memory_clock is None else g.memory_clock * 1e6)
         if g.throttle is not None:
-            for reason, bit in THROTTLE_REASONS:
-                add("gpu_throttle_active", (*k, ("reason", reason)), 1.0 if g.throttle & bit else 0.0)
-        add("gpu_ecc_errors_total", (*k, ("type", "corrected")), g.ecc_corrected)
-        add("gpu_ecc_errors_total", (*k, ("type", "uncorrected")), g.ecc_uncorrected)
+            for reason, bit in THROTTLE_REASONS:  # constant label values: no escaping needed
+                add_text("gpu_throttle_active", f'{kt},reason="{reason}"', 1.0 if g.throttle & bit else 0.0)
+        add_text("gpu_ecc_errors_total", f'{kt},type="corrected"', g.ecc_corrected)
+        add_text("gpu_ecc_errors_total", f'{kt},type="uncorrected"', g.ecc_uncorrected)
         if g.remapped is not None:
-            add("gpu_remapped_rows_total", (*k, ("type", "correctable")), g.remapped.correctable)
-            add("gpu_remapped_rows_total", (*k, ("type", "uncorrectable")), g.remapped.uncorrectable)
-            add("gpu_row_remap_pending", k, 1.0 if g.remapped.pending else 0.0)
-            add("gpu_row_remap_failure", k, 1.0 if g.remapped.failure else 0.0)
-        add("gpu_pcie_replay_errors_total", k, g.pcie_replays)
+            add_text("gpu_remapped_rows_total", f'{kt},type="correctable"', g.remapped.correctable)
+            add_text("gpu_remapped_rows_total", f'{kt},type="uncorrectable"', g.remapped.uncorrectable)
+            add_text("gpu_row_remap_pending", kt, 1.0 if g.remapped.pending else 0.0)
+            add_text("gpu_row_remap_failure", kt, 1.0 if g.remapped.failure else 0.0)
+        add_text("gpu_pcie_replay_errors_total", kt, g.pcie_replays)
         if g.nvlink_kib is not None:
-            add("gpu_nvlink_bytes_total", (*k, ("direction", "rx")), g.nvlink_kib[0] * KIB)
-            add("gpu_nvlink_bytes_total", (*k, ("direction", "tx")), g.nvlink_kib[1] * KIB)
+            add_text("gpu_nvlink_bytes_total", f'{kt},direction="rx"', g.nvlink_kib[0] * KIB)
+            add_text("gpu_nvlink_bytes_total", f'{kt},direction="tx"', g.nvlink_kib[1] * KIB)
         if g.profiling_supported is not None:
-            add("gpu_profiling_supported", k, 1.0 if g.profiling_supported else 0.0)
+            add_text("gpu_profiling_supported", kt, 1.0 if g.profiling_supported else 0.0)
         for activity, metric in ACTIVITY_METRICS.items():
-            add(metric, k, _ratio(g.activity.get(activity)))
+            add_text(metric, kt, _ratio(g.activity.get(activity)))
         for direction in ("tx", "rx"):
             mib_s = g.activity.get(f"pcie_{direction}")
             if mib_s is not None:
-                add("gpu_pcie_throughput_bytes_per_second", (*k, ("direction", direction)), mib_s * MIB)
+                add_text("gpu_pcie_throughput_bytes_per_second", f'{kt},direction="{direction}"', mib_s * MIB)
         for pid, process, used in g.processes:
-            add("gpu_process_memory_used_bytes", (*k, ("pid", pid), ("process", process)), used)
+            labels = f"{kt},{label_text((('pid', pid), ('process', process)))}"
+            add_text("gpu_process_memory_used_bytes", labels, used)
         for mig in g.mig:
             dev, mem = mig.device, mig.memory
             mk = (*k, ("mig_uuid", dev.uuid), ("gpu_instance_id", str(dev.gpu_instance_id)))

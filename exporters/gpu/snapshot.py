@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from exporters.gpu.backend import MemoryInfo, MigDevice, RemappedRows
-from observer.exposition import LabelKey, header, line
+from observer.exposition import LabelKey, escape, fmt, header, line
 
 
 @dataclass
@@ -68,6 +68,11 @@ class Snapshot:
     last_xid: dict[str, int] = field(default_factory=dict)  # uuid -> last XID code
 
 
+def label_text(key: LabelKey) -> str:
+    """``a="1",b="x"``: render a label set once and reuse it for every metric of that GPU."""
+    return ",".join(f'{k}="{escape(v)}"' for k, v in key)
+
+
 class Families:
     """Samples grouped by metric, rendered with their catalog HELP/TYPE; None values are omitted."""
 
@@ -77,6 +82,11 @@ class Families:
     def add(self, name: str, key: LabelKey, value: float | None) -> None:
         if value is not None:
             self._lines.setdefault(name, []).append(line(name, key, value))
+
+    def add_text(self, name: str, labels: str, value: float | None) -> None:
+        """Like add, with labels already rendered by :func:`label_text` (escaping is the hot spot)."""
+        if value is not None:
+            self._lines.setdefault(name, []).append(f"{name}{{{labels}}} {fmt(value)}")
 
     def render(self) -> list[str]:
         out: list[str] = []
