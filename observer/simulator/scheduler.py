@@ -307,8 +307,11 @@ class Scheduler:
                 req.phase = Phase.FINISHED
                 req.finished_at = now
                 out.finished.append(req)
+        if out.finished:
+            # One pass, not list.remove per finished request: a step where most of the batch finishes
+            # (equal-length requests admitted together) would cost O(finished x running).
+            self.running = [r for r in self.running if r.phase is Phase.RUNNING]
         for req in out.finished:
-            self.running.remove(req)
             self._free(req)
             self._by_id.pop(req.request_id, None)
             if self.prefix_cache is not None:
