@@ -13,11 +13,12 @@ error names the dotted key and the offending value.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "OBSERVER_"
 DEFAULT_CONFIG_FILE = "observer.yaml"
@@ -29,6 +30,25 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Keys whose values are credentials: never echoed in errors, taken verbatim from the environment, and
+# refused when YAML would have cut them at " #" (see _check_secret_comments).
+SECRET_KEYS = frozenset({"auth_token", "read_token", "metrics_token", "webhook_token", "pseudonymize_key"})
+
+
+def _secret_token(value: Any) -> str:
+    if not isinstance(value, str):
+        # YAML reads `auth_token: 0123` as the number 83: a silently different secret.
+        raise ValueError("must be a quoted string (YAML read it as a number or other non-string)")
+    if not value.strip():
+        raise ValueError("is empty: an unset ${VAR}? Remove the key to turn this off")
+    if "${" in value or any(c.isspace() or ord(c) < 32 for c in value):
+        raise ValueError("contains whitespace, a control character or an unexpanded ${VAR}")
+    return value
+
+
+SecretToken = Annotated[Any, BeforeValidator(_secret_token)]
 
 
 class SimulatorSettings(_Section):
@@ -128,21 +148,73 @@ class GpuExporterSettings(_Section):
 class CollectorSettings(_Section):
     """The OTLP/HTTP trace receiver inside ``observer serve``."""
 
-    # Required bearer token for /v1/traces (and the write APIs); None = no auth (loopback demos).
-    auth_token: str | None = None
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)  # after decompression (OTLP spec)
+    # Bearer tokens of `observer serve` (README "Security"). Auth is on as soon as one is set; then every
+    # endpoint but /healthz needs its token, and one whose token is unset answers 401 (fail closed).
+    # auth_token is the WRITE token: /v1/traces and feedback (and the webhook when webhook_token is unset).
+    auth_token: SecretToken | None = None
+    read_token: SecretToken | None = None  # GET /api/v1/* (and /metrics when metrics_token is unset)
+    metrics_token: SecretToken | None = None  # GET /metrics, Prometheus' own credential
+    webhook_token: SecretToken | None = None  # POST /api/v1/alerts/webhook, Alertmanager's credential
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)  # OTLP body after decompression (OTLP spec)
+    max_api_body_bytes: int = Field(1024 * 1024, ge=1024)  # webhook and feedback bodies
+    # Estimated memory of all bodies being read, decoded and ingested at once (body bytes times the
+    # expansion measured for the worst body of each encoding); beyond it a request gets 429 + Retry-After.
+    inflight_budget_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
+    protobuf_expansion: float = Field(60.0, ge=1)  # 8 MiB of empty attributes decode to ~220 MiB
+    json_expansion: float = Field(48.0, ge=1)  # 8 MiB of `[{},{},..]` parse to ~215 MiB, then to protobuf
+    max_spans_per_request: int = Field(20_000, ge=1)  # counted before the full decode; 413 beyond
+    max_json_depth: int = Field(64, ge=8)  # OTLP's own nesting is ~12 deep; deeper is AnyValue abuse
+    max_concurrent_ingests: int = Field(4, ge=1)  # decode+map+store at once (CPU-bound under the GIL)
     retry_after_s: int = Field(5, ge=1)
-    # Span attributes that carry the department/team, first match wins.
-    department_attributes: list[str] = Field(
-        default_factory=lambda: ["department", "user.department", "team", "enduser.department", "org.unit"]
+    # Slow clients: a request head must arrive within header_timeout_s and its body within
+    # body_timeout_s (408); idle keep-alive connections close after keepalive_timeout_s. Beyond
+    # max_connections the connection waiting longest for its request head is closed.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    keepalive_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(2048, ge=16)
+    max_header_bytes: int = Field(64 * 1024, ge=4096)
+    # Span attributes that carry the user, first match wins; looked up on the request's spans, then on
+    # their ancestors in the trace (the app's own request span), so baggage copied onto spans counts.
+    # Defaults cover OpenTelemetry (user.id, enduser.id) and LiteLLM (llm.user, metadata.*).
+    user_attributes: list[str] = Field(
+        default_factory=lambda: [
+            "user.id",
+            "enduser.id",
+            "llm.user",
+            "metadata.user_api_key_end_user_id",
+            "metadata.user_api_key_user_id",
+            "user.hash",
+        ]
     )
+    # Span attributes that carry the department/team, first match wins (same lookup as users).
+    department_attributes: list[str] = Field(
+        default_factory=lambda: [
+            "department",
+            "user.department",
+            "team",
+            "enduser.department",
+            "org.unit",
+            "metadata.user_api_key_team_alias",
+        ]
+    )
+    # Models the fleet serves, always kept as `model` label values. Beyond these, the first
+    # top_models models an engine confirmed (on its span, or in the response it sent) keep their
+    # name; a model name that only a caller typed folds into "other" (callers control that string).
+    models: list[str] = Field(default_factory=list)
+    top_models: int = Field(20, ge=0)
+    # Spans are kept this long to join halves that arrive late (app spans flush after the call's).
+    join_window_s: float = Field(3600.0, ge=60)
+    # Spans starting further in the future than this (clock skew) are rejected with a reason.
+    max_clock_skew_s: float = Field(300.0, ge=0)
     # Departments always kept as labels; beyond these, the first top_departments distinct values seen
     # keep their name and the rest fold into "other" (bounded Prometheus cardinality).
     departments: list[str] = Field(default_factory=list)
     top_departments: int = Field(20, ge=0)
     # Keyed HMAC-SHA256 of user ids before storage when set (pseudonymization); None = store as given.
     pseudonymize_key: str | None = None
-    # A request whose gateway (or engine) half has not arrived after this long is counted as it is.
+    # A request that is not settled (its engine half or an ancestor may still come) is counted as it
+    # is once no span of it has arrived for this long.
     join_grace_s: float = Field(10.0, ge=0)
 
 
@@ -276,6 +348,33 @@ class SloSettings(_Section):
         return self
 
 
+class LoadtestSettings(_Section):
+    """``observer loadtest``: SLO overrides, sweep search, sampling and the GPUs behind the target.
+
+    The default SLO comes from the ``slo`` section (TTFT p99 <= ttft_target_s, ITL p95 <=
+    itl_p95_target_s, success >= error_objective); ``slo`` here adds or replaces keys
+    (ttft_p95, ttft_p99, tpot_p95, itl_p95, e2e_p95, e2e_p99 in seconds, success as a ratio).
+    """
+
+    slo: dict[str, float] = Field(default_factory=dict)
+    gpus: int = Field(1, ge=1)  # GPUs behind the target: cost at capacity is for this many
+    duration_s: float = Field(30, gt=0)  # per run, and per sweep step
+    drain_s: float = Field(30, ge=0)  # in-flight requests get this long after sending stops
+    request_timeout_s: float = Field(300, gt=0)  # a stream running longer is cut (incomplete)
+    metrics_interval_s: float = Field(0.5, gt=0)  # /metrics sampling period
+    sweep_start_rps: float = Field(1.0, gt=0)
+    sweep_max_rps: float = Field(2000, gt=0)
+    sweep_max_steps: int = Field(10, ge=2)
+    sweep_precision: float = Field(0.1, gt=0, lt=1)  # binary search stops at this relative gap
+    sweep_min_requests: int = Field(30, ge=1)  # a step at a low rate runs longer to send this many
+    # A sweep step stops early once this share of its requests already broke a latency target
+    # (finished late, or still without a first token past the TTFT target), after min_requests.
+    early_stop_share: float = Field(0.3, gt=0, le=1)
+    early_stop_min_requests: int = Field(20, ge=1)
+    compare_tolerance: float = Field(0.1, ge=0)  # relative change that counts as a regression
+    progress_min_s: float = Field(10, ge=0)  # progress bar for runs at least this long
+
+
 class AlertingSettings(_Section):
     """Where the metrics come from (scrape job names) and where runbooks live."""
 
@@ -332,6 +431,7 @@ class Settings(_Section):
     slo: SloSettings = Field(default_factory=SloSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     dashboards: DashboardSettings = Field(default_factory=DashboardSettings)
+    loadtest: LoadtestSettings = Field(default_factory=LoadtestSettings)
 
     def with_overrides(self, section: str, **values: Any) -> Settings:
         """A copy with some keys of one section replaced (``None`` values are ignored), re-validated."""
@@ -347,9 +447,45 @@ def _format_error(exc: ValidationError, data: dict[str, Any], source: str) -> st
         value = err.get("input")
         if err["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key (from {source})")
+        elif SECRET_KEYS & {str(p) for p in err["loc"]} or isinstance(value, dict):
+            # A secret (or a whole section holding one) is named, never printed.
+            lines.append(f"{key}: {err['msg']} (from {source}; value not shown)")
         else:
-            lines.append(f"{key} = {value!r}: {err['msg']} (from {source})")
+            lines.append(f"{key} = {redact_url(repr(value))}: {err['msg']} (from {source})")
     return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def redact_url(text: str) -> str:
+    """``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db`` (anywhere in the text)."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+
+
+def _check_secret_comments(text: str, origin: str) -> None:
+    """Refuse `auth_token: abc #def`: YAML reads "abc" and the rest as a comment, a silently cut secret."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return  # safe_load reports it
+    lines = text.splitlines()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")] if root is not None else []
+    while stack:
+        node, path = stack.pop()
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        for key_node, value_node in node.value:
+            key = f"{path}.{key_node.value}" if path else str(key_node.value)
+            if isinstance(value_node, yaml.MappingNode):
+                stack.append((value_node, key))
+            elif (
+                key_node.value in SECRET_KEYS
+                and isinstance(value_node, yaml.ScalarNode)
+                and value_node.style is None
+                and lines[value_node.end_mark.line][value_node.end_mark.column :].lstrip().startswith("#")
+            ):
+                raise ConfigError(
+                    f"{origin}: {key}: an unquoted value followed by ' #' (YAML cuts the value there and "
+                    "reads the rest as a comment); quote the value and put comments on their own line"
+                )
 
 
 def _validate(data: dict[str, Any], source: str) -> Settings:
@@ -373,6 +509,9 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
+        if path[-1] in SECRET_KEYS:
+            node[path[-1]] = raw  # verbatim: YAML would cut "abc #def" to "abc" and read 0123 as 83
+            continue
         try:
             node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
@@ -410,12 +549,14 @@ def load_settings(
     if config_path is not None:
         if not config_path.exists():
             raise ConfigError(f"config file not found: {config_path}")
+        text = config_path.read_text()
         try:
-            loaded = yaml.safe_load(config_path.read_text()) or {}
+            loaded = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config_path}: top level must be a mapping of sections")
+        _check_secret_comments(text, str(config_path))
         data = loaded
         source = str(config_path)
     env = _env_overrides(environ)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry
 
@@ -13,33 +14,45 @@ OTHER = "other"
 UNKNOWN = "unknown"
 
 
-class DepartmentFolder:
-    """Configured departments always keep their name; the first ``top_n`` others seen do too; the
-    rest fold into "other". First-seen (not a moving top-N) so label sets never churn."""
+class Folder:
+    """Label values that keep their name: the configured ones always, then the first ``top_n`` others
+    learned (from the store at start, then as seen); everything else folds into "other". First-seen,
+    not a moving top-N, so label sets never churn."""
 
-    def __init__(self, always: list[str], top_n: int) -> None:
-        self._always = set(always)
-        self._seen: set[str] = set()
+    def __init__(self, always: Iterable[str], top_n: int) -> None:
+        self._always = frozenset(always)
+        self._learned: set[str] = set()
         self._top_n = top_n
         self._lock = threading.Lock()
 
-    def __call__(self, department: str | None) -> str:
-        if not department:
-            return UNKNOWN
-        if department in self._always or department in self._seen:
-            return department
+    def learn(self, values: Iterable[str]) -> None:
+        for v in values:
+            self.admit(v)
+
+    def admit(self, value: str) -> bool:
+        if value in self._always or value in self._learned:
+            return True
         with self._lock:
-            if len(self._seen) < self._top_n:
-                self._seen.add(department)
-                return department
-        return OTHER
+            if len(self._learned) < self._top_n:
+                self._learned.add(value)
+                return True
+        return False
+
+    def __call__(self, value: str | None, trusted: bool = True) -> str:
+        """The label for ``value``; an untrusted value keeps its name only if already known."""
+        if not value:
+            return UNKNOWN
+        if value in self._always or value in self._learned:
+            return value
+        return value if trusted and self.admit(value) else OTHER
 
 
 class UsageMetrics:
-    def __init__(self, registry: CollectorRegistry, folder: DepartmentFolder) -> None:
+    def __init__(self, registry: CollectorRegistry, departments: Folder, models: Folder) -> None:
         m = {s.name: make_metric(s, registry) for s in USAGE}
         self.metrics = m
-        self.fold = folder
+        self.fold_department = departments
+        self.fold_model = models
         self.requests = m["llm_usage_requests_total"]
         self.tokens = m["llm_usage_tokens_total"]
         self.ttft = m["llm_usage_time_to_first_token_seconds"]
@@ -48,8 +61,9 @@ class UsageMetrics:
 
     def count(self, rows: list[Counted]) -> None:
         for r in rows:
-            model = r.model or UNKNOWN
-            dept = self.fold(r.department)
+            # A model name only a caller typed (no engine confirmed it) never becomes a new label.
+            model = self.fold_model(r.model, trusted=r.model_verified)
+            dept = self.fold_department(r.department)
             self.requests.labels(model=model, department=dept, outcome=r.outcome or "success").inc()
             if r.input_tokens:
                 self.tokens.labels(model=model, department=dept, direction="input").inc(r.input_tokens)

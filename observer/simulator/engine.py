@@ -45,6 +45,7 @@ class RequestHandle:
     params: dict[str, Any]
     trace_headers: dict[str, str]
     max_tokens_set: bool
+    id_prefix: str = ""  # "chatcmpl-" / "cmpl-": the span's request id is the id the client sees
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     done: bool = False
 

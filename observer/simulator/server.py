@@ -227,7 +227,7 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             "max_tokens": max_tokens,
             "n": n,
         }
-        return engine.submit(
+        handle = engine.submit(
             prompt_text=text,
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens or settings.max_model_len - prompt_tokens,
@@ -236,6 +236,8 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             trace_headers=trace_headers,
             max_tokens_set=max_tokens is not None,
         )
+        handle.id_prefix = "chatcmpl-" if chat else "cmpl-"
+        return handle
 
     def _usage(handle: RequestHandle) -> dict:
         r = handle.req

@@ -57,7 +57,8 @@ class RequestTracer:
             "llm_request", context=context, kind=SpanKind.SERVER, start_time=handle.wall_arrival_ns
         )
         attrs: dict[str, float | int | str] = {
-            "gen_ai.request.id": req.request_id,
+            # vLLM records the OpenAI response id the client sees: what joins a gateway's span by id.
+            "gen_ai.request.id": handle.id_prefix + req.request_id,
             "gen_ai.usage.prompt_tokens": req.prompt_tokens,
             "gen_ai.usage.completion_tokens": req.output_tokens,
             "gen_ai.latency.e2e": (req.finished_at or now) - req.arrival,

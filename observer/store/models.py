@@ -1,10 +1,10 @@
 """Tables. One row per LLM request: no prompt, no completion, ever.
 
-A request is keyed by (trace_id, request_key): the gateway span's id when a gateway traced the
-call (the engine span's parent), else the engine span's own id. Its gateway half (who, which
-department, outcome) and engine half (latency breakdown) arrive as separate spans, in any order
-and batch, and are merged into the same row; re-sent spans merge to the same values, so retries
-never double count.
+The collector keeps each span it was sent (``spans``: ids, parent, role and the few validated
+values it carries) for ``collector.join_window_s``, and re-resolves a trace into requests
+(``observer.collector.join``) whenever a span of it arrives. A request row is keyed by
+(trace_id, request_key): the span id of its root, the outermost GenAI call, or the engine span
+when no call was traced. Re-sent spans resolve to the same rows, so retries never double count.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class Request(Base):
     engine_span_id: Mapped[str | None] = mapped_column(String(16))
     engine_request_id: Mapped[str | None] = mapped_column(String(128))
     model: Mapped[str | None] = mapped_column(String(256))
+    # True when an engine said so (or answered with it), not only the model name a caller typed.
+    model_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    service: Mapped[str | None] = mapped_column(String(128))  # the engine's service.name
     user_id: Mapped[str | None] = mapped_column(String(128))
     department: Mapped[str | None] = mapped_column(String(128))
     session_id: Mapped[str | None] = mapped_column(String(128))
@@ -67,6 +70,8 @@ class Request(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
     counted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # Nothing that could still arrive would change it: countable at once, not after the grace.
+    settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
     __table_args__ = (
         UniqueConstraint("trace_id", "request_key"),
@@ -79,6 +84,46 @@ class Request(Base):
             sqlite_where=text("counted = 0"),
             postgresql_where=text("counted = false"),
         ),
+    )
+
+
+class SpanRecord(Base):
+    """A received span, kept for the join window: where it sits in its trace and what it says."""
+
+    __tablename__ = "spans"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    trace_id: Mapped[str] = mapped_column(String(32))
+    span_id: Mapped[str] = mapped_column(String(16))
+    parent_span_id: Mapped[str | None] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(8))  # engine | call | link
+    call_id: Mapped[str | None] = mapped_column(String(128))  # OpenAI response id / engine request id
+    model: Mapped[str | None] = mapped_column(String(256))
+    response_model: Mapped[str | None] = mapped_column(String(256))
+    service: Mapped[str | None] = mapped_column(String(128))
+    user_id: Mapped[str | None] = mapped_column(String(128))
+    department: Mapped[str | None] = mapped_column(String(128))
+    session_id: Mapped[str | None] = mapped_column(String(128))
+    conversation_id: Mapped[str | None] = mapped_column(String(128))
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    ttft_s: Mapped[float | None] = mapped_column(Float)
+    tpot_s: Mapped[float | None] = mapped_column(Float)
+    queue_s: Mapped[float | None] = mapped_column(Float)
+    prefill_s: Mapped[float | None] = mapped_column(Float)
+    decode_s: Mapped[float | None] = mapped_column(Float)
+    e2e_s: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    error_type: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
+
+    __table_args__ = (
+        UniqueConstraint("trace_id", "span_id"),
+        Index("ix_spans_call_id", "call_id"),
+        Index("ix_spans_received_at", "received_at"),
     )
 
 
