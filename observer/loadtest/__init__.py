@@ -1,0 +1,1 @@
+"""``observer loadtest``: qualify a model against an SLO, find its capacity and cost per token."""
