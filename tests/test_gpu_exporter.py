@@ -1,5 +1,6 @@
 """GPU exporter against the fake NVML (real pynvml exception classes), and a real Prometheus."""
 
+import json
 import os
 import re
 import shutil
@@ -284,23 +285,34 @@ def pynvml_available() -> bool:
     return True
 
 
-# Every panel query of NVIDIA's dashboard 12239 (NVIDIA/dcgm-exporter grafana/dcgm-exporter-dashboard.json
-# at d5e5f51, all 8 targets), with $instance and $gpu expanded the way Grafana does for "All".
-DASHBOARD_12239 = [
-    'DCGM_FI_DEV_GPU_TEMP{instance=~".*", gpu=~".*"}',
-    'avg(DCGM_FI_DEV_GPU_TEMP{instance=~".*", gpu=~".*"})',
-    'DCGM_FI_DEV_POWER_USAGE{instance=~".*", gpu=~".*"}',
-    'sum(DCGM_FI_DEV_POWER_USAGE{instance=~".*", gpu=~".*"})',
-    'DCGM_FI_DEV_SM_CLOCK{instance=~".*", gpu=~".*"} * 1000000',
-    'DCGM_FI_DEV_GPU_UTIL{instance=~".*", gpu=~".*"}',
-    'DCGM_FI_DEV_FB_USED{instance=~".*", gpu=~".*"}',
-    'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{instance=~".*", gpu=~".*"}',  # "Tensor Core Utilization"
-]
-# The variables: label_values(DCGM_FI_DEV_GPU_TEMP, instance) and (..., gpu).
-DASHBOARD_12239_VARIABLES = [
-    "count by (instance) (DCGM_FI_DEV_GPU_TEMP)",
-    "count by (gpu) (DCGM_FI_DEV_GPU_TEMP)",
-]
+# NVIDIA's dashboard 12239 as published: NVIDIA/dcgm-exporter grafana/dcgm-exporter-dashboard.json at d5e5f51
+# (last changed in cffaeb8; Apache-2.0), copied unchanged into the fixtures.
+DASHBOARD_12239_JSON = GOLDEN / "dcgm-exporter-dashboard-12239.json"
+
+
+def dashboard_12239_queries() -> tuple[list[str], list[str]]:
+    """Every panel target, with $instance/$gpu expanded as Grafana does for "All"; and each
+    label_values(metric, label) variable as the PromQL that lists the values."""
+    board = json.loads(DASHBOARD_12239_JSON.read_text())
+    panels = [
+        t["expr"].replace("$instance", ".*").replace("$gpu", ".*")
+        for p in board["panels"]
+        for t in p.get("targets", [])
+    ]
+    variables = []
+    for v in board["templating"]["list"]:
+        m = re.fullmatch(r"label_values\((\w+), *(\w+)\)", v.get("query", ""))
+        if m:
+            variables.append(f"count by ({m.group(2)}) ({m.group(1)})")
+    return panels, variables
+
+
+def test_dashboard_12239_fixture_is_the_published_board():
+    panels, variables = dashboard_12239_queries()
+    assert len(panels) == 8 and len(variables) == 2
+    assert 'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{instance=~".*", gpu=~".*"}' in panels  # Tensor Core Utilization
+
+
 # Our GPU Fleet board's DCGM-style activity panel reads the native names.
 FLEET_ACTIVITY = ["gpu_tensor_active_ratio", "gpu_sm_active_ratio", "gpu_dram_active_ratio"]
 
@@ -312,10 +324,11 @@ def test_real_prometheus_and_dashboard_12239_queries():
         prom = Prometheus([{"job_name": "gpu", "static_configs": [{"targets": [target]}]}])
         try:
             prom.wait_for("gpu_up == 1", lambda r: len(r) == 2)
-            for query in DASHBOARD_12239:
+            panels, variables = dashboard_12239_queries()
+            for query in panels:
                 per_gpu = not query.startswith(("avg(", "sum("))  # one series per GPU, or one in all
                 assert prom.wait_for(query, lambda r, n=2 if per_gpu else 1: len(r) == n), query
-            for query in DASHBOARD_12239_VARIABLES:
+            for query in variables:
                 assert prom.wait_for(query), query
             # GPM activity is a 0-1 ratio in both namings, and the same number.
             tensor = prom.wait_for("DCGM_FI_PROF_PIPE_TENSOR_ACTIVE", lambda r: len(r) == 2)
