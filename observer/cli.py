@@ -193,20 +193,30 @@ def gpu_exporter(
 @click.option(
     "--db", "db_url", help="SQLAlchemy URL (default sqlite:///observer.db; postgresql://... in production)."
 )
-@click.option("--auth-token", help="Require this bearer token on /v1/traces.")
+@click.option(
+    "--auth-token",
+    help="Write token for /v1/traces and feedback (prefer OBSERVER_COLLECTOR__AUTH_TOKEN: "
+    "a flag shows in `ps`). Read, metrics and webhook tokens: see README Security.",
+)
 @click.pass_context
 def serve(ctx: click.Context, listen: tuple[str, int], db_url: str | None, auth_token: str | None) -> None:
     """OTLP/HTTP trace receiver + request store + usage /metrics + JSON API + scheduled jobs."""
+    from observer.api.guard import run
+    from observer.config import redact_url
     from observer.server import create_app
 
     settings = _override(ctx, "store", url=db_url)
-    settings = settings.with_overrides("collector", auth_token=auth_token)
+    try:
+        settings = settings.with_overrides("collector", auth_token=auth_token)
+    except ConfigError as exc:  # e.g. --auth-token "" (an unset variable): refuse, never echo it
+        raise click.UsageError(str(exc)) from None
     host, port = listen
     click.echo(
-        f"observer serve on http://{host}:{port} (OTLP: POST /v1/traces), store {settings.store.url}",
+        f"observer serve on http://{host}:{port} (OTLP: POST /v1/traces), "
+        f"store {redact_url(settings.store.url)}",
         err=True,
     )
-    serve_app(create_app(settings), host, port)
+    run(create_app(settings), host, port, settings.collector)
 
 
 @cli.command()
@@ -233,6 +243,7 @@ def analytics(
     import json
 
     from observer.analytics.service import AnalyticsService
+    from observer.config import redact_url
     from observer.store.db import Store, StoreUnavailable
 
     settings = _override(ctx, "store", url=db_url)
@@ -244,7 +255,9 @@ def analytics(
     try:
         store.migrate()
     except StoreUnavailable as exc:
-        raise click.ClickException(f"cannot reach the store at {settings.store.url}: {exc}") from None
+        raise click.ClickException(
+            f"cannot reach the store at {redact_url(settings.store.url)}: {redact_url(str(exc))}"
+        ) from None
     service = AnalyticsService(store, settings)
     if refresh:
         done = service.rollups.refresh()

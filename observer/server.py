@@ -7,21 +7,25 @@ database: ingestion and queries run in the threadpool, scheduler jobs in APSched
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import PROCESS_COLLECTOR, CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 
 from observer.analytics.service import AnalyticsService
 from observer.api import alerts, analytics, feedback, health, otlp
-from observer.api.common import Context
+from observer.api.common import Access, Context, MemoryBudget, accepted_token, auth_enabled
+from observer.api.guard import BodyReadTimeout, BodyTimeout
+from observer.collector import otlp as otlp_limits
 from observer.collector.ingest import Collector, utcnow
-from observer.config import Settings
+from observer.config import CollectorSettings, Settings
 from observer.store.db import Store, StoreUnavailable
 
 log = logging.getLogger("observer.serve")
@@ -81,17 +85,31 @@ def _scheduler(ctx: Context) -> BackgroundScheduler:
     return scheduler
 
 
+def _log_auth(cfg: CollectorSettings) -> None:
+    if not auth_enabled(cfg):
+        log.warning("no tokens set: every endpoint answers anyone (fine on loopback only)")
+        return
+    closed = [a.value for a in Access if accepted_token(cfg, a) is None]
+    if closed:
+        log.warning("auth on; no token set for %s: those endpoints answer 401 to everyone", ", ".join(closed))
+
+
 def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
+    cfg = settings.collector
     store = Store(db_url or settings.store.url, settings.store.sqlite_busy_timeout_s)
     registry = CollectorRegistry()
     registry.register(PROCESS_COLLECTOR)
-    collector = Collector(store, settings.collector, registry)
+    collector = Collector(store, cfg, registry)
     service = AnalyticsService(store, settings)
     service.register(registry)
-    ctx = Context(settings, store, collector, service, registry, Schema(store))
+    otlp_limits.configure(cfg.max_spans_per_request, cfg.max_json_depth)
+    budget = MemoryBudget(cfg.inflight_budget_bytes)
+    ctx = Context(settings, store, collector, service, registry, Schema(store), budget, None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.ingest_slots = asyncio.Semaphore(cfg.max_concurrent_ingests)
+        _log_auth(cfg)
         await run_in_threadpool(ctx.schema.ensure)
         scheduler = _scheduler(ctx)
         scheduler.start()
@@ -107,4 +125,10 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
     app.state.analytics = service
     for area in (otlp, analytics, feedback, alerts, health):
         app.include_router(area.router)
+    app.add_middleware(BodyTimeout, timeout_s=cfg.body_timeout_s)
+
+    @app.exception_handler(BodyReadTimeout)
+    async def body_timeout(request: Request, exc: BodyReadTimeout) -> Response:
+        return JSONResponse({"error": "request body not received in time"}, 408, {"Connection": "close"})
+
     return app

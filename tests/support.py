@@ -98,9 +98,11 @@ def simulator(*args: str, env: dict[str, str] | None = None):
     return observer_server("simulate", *args, env=env)
 
 
-def scrape(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+def scrape(
+    url: str, headers: dict[str, str] | None = None
+) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """GET a /metrics page and index it as {sample name: {sorted labels: value}}."""
-    text = httpx.get(url, timeout=10).text
+    text = httpx.get(url, timeout=10, headers=headers).raise_for_status().text
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:

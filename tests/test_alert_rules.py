@@ -211,7 +211,7 @@ def _payload(status: str, starts: str = "2026-11-21T10:00:00Z", ends: str = "000
                 "startsAt": starts,
                 "endsAt": ends,
                 "generatorURL": "http://prom",
-                "fingerprint": "abc123",
+                "fingerprint": "3142c133cfa756d3",  # Alertmanager's, of these labels (webhook checks it)
                 "someFutureField": 1,
             }
         ],

@@ -197,7 +197,11 @@ def test_json_and_gzip_and_error_codes(tmp_path):
 
 def test_body_cap_applies_after_decompression_and_auth(tmp_path):
     db = f"sqlite:///{tmp_path / 'o.db'}"
-    env = {"OBSERVER_COLLECTOR__MAX_BODY_BYTES": "65536", "OBSERVER_COLLECTOR__AUTH_TOKEN": "s3cret"}
+    env = {
+        "OBSERVER_COLLECTOR__MAX_BODY_BYTES": "65536",
+        "OBSERVER_COLLECTOR__AUTH_TOKEN": "s3cret",
+        "OBSERVER_COLLECTOR__METRICS_TOKEN": "prom",  # with auth on, /metrics needs its own token
+    }
     with serve(db, env=env) as (base, _):
         headers = {"Content-Type": "application/x-protobuf", "Authorization": "Bearer s3cret"}
         bomb = gzip.compress(b"\0" * 1_000_000)  # 1 KiB on the wire, 1 MB inflated
@@ -208,7 +212,7 @@ def test_body_cap_applies_after_decompression_and_auth(tmp_path):
         assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
         exporter = OTLPSpanExporter(endpoint=base + "/v1/traces", headers={"Authorization": "Bearer s3cret"})
         assert exporter.export(make_requests(1)) == SpanExportResult.SUCCESS
-        m = scrape(base + "/metrics")
+        m = scrape(base + "/metrics", {"Authorization": "Bearer prom"})
         assert m["observer_collector_spans_rejected_total"][(("reason", "too_large"),)] == 2
         assert m["observer_collector_spans_rejected_total"][(("reason", "unauthorized"),)] == 1
 

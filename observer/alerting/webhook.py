@@ -7,9 +7,8 @@ Unknown fields are ignored (newer Alertmanagers add some without bumping the ver
 
 from __future__ import annotations
 
-import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -17,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from observer.store.models import AlertEvent
+from observer.store.retry import with_deadlock_retry
 
 T = AlertEvent.__table__
 
@@ -25,45 +25,78 @@ class WebhookError(ValueError):
     pass
 
 
-def _time(value: Any) -> datetime | None:
+def _time(value: Any, latest: datetime) -> datetime | None:
     if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
         return None  # Go's zero time: "no end yet"
     try:
         ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise WebhookError(f"bad timestamp {value!r}") from None
-    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+        ts = ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo else ts
+    except (ValueError, OverflowError):
+        raise WebhookError("bad timestamp (RFC 3339 expected)") from None
+    if ts > latest:
+        raise WebhookError("timestamp in the future beyond the allowed clock skew")
+    return ts
 
 
-def parse(payload: Any) -> list[dict[str, Any]]:
+def fingerprint(labels: dict[str, str]) -> str:
+    """Alertmanager's alert fingerprint: FNV-1a 64 over the sorted labels (prometheus/common model)."""
+    h = _FNV_OFFSET
+    for name in sorted(labels):
+        for part in (name, labels[name]):
+            for byte in part.encode():
+                h = ((h ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+            h = ((h ^ 0xFF) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+_FNV_OFFSET, _FNV_PRIME = 14695981039346656037, 1099511628211
+
+
+def _text(value: Any, what: str) -> str:
+    text = str(value)
+    if "\x00" in text:
+        raise WebhookError(f"{what} contains a NUL character")
+    return text
+
+
+def parse(payload: Any, max_clock_skew_s: float = 300.0) -> list[dict[str, Any]]:
+    """Rows for the incident log. Refuses what Alertmanager would never send: a fingerprint that is
+    not its labels' fingerprint (a forged "resolved" naming another incident), a "resolved" without
+    an end, an end before the start, timestamps in the future."""
     if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
         raise WebhookError("expected an Alertmanager webhook payload with an 'alerts' list")
     now = datetime.now(UTC).replace(tzinfo=None)
+    latest = now + timedelta(seconds=max_clock_skew_s)
     rows = []
     for alert in payload["alerts"]:
         if not isinstance(alert, dict) or not isinstance(alert.get("labels"), dict):
             raise WebhookError("every alert needs a 'labels' object")
-        labels = {str(k): str(v) for k, v in alert["labels"].items()}
+        labels = {_text(k, "a label name"): _text(v, "a label value") for k, v in alert["labels"].items()}
         status = alert.get("status") or payload.get("status")
         if status not in ("firing", "resolved"):
-            raise WebhookError(f"alert status must be firing or resolved, got {status!r}")
-        starts = _time(alert.get("startsAt")) or now
-        fingerprint = (
-            alert.get("fingerprint")
-            or hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
-        )
+            raise WebhookError("alert status must be firing or resolved")
+        starts = _time(alert.get("startsAt"), latest) or now
+        ends = _time(alert.get("endsAt"), latest)
+        if status == "resolved" and (ends is None or ends < starts):
+            raise WebhookError("a resolved alert needs an endsAt at or after its startsAt")
+        computed = fingerprint(labels)
+        if alert.get("fingerprint") not in (None, "", computed):
+            raise WebhookError("fingerprint does not match the alert's labels")
         annotations = alert.get("annotations") if isinstance(alert.get("annotations"), dict) else {}
         rows.append(
             {
-                "fingerprint": str(fingerprint)[:64],
+                "fingerprint": computed,
                 "status": status,
                 "starts_at": starts,
-                "ends_at": _time(alert.get("endsAt")),
+                "ends_at": ends,
                 "alertname": labels.get("alertname", "unknown")[:128],
-                "severity": labels.get("severity"),
+                "severity": (labels.get("severity") or "")[:32] or None,
                 "labels": json.dumps(labels, sort_keys=True),
-                "annotations": json.dumps({str(k): str(v) for k, v in annotations.items()}, sort_keys=True),
-                "receiver": str(payload.get("receiver") or "")[:128] or None,
+                "annotations": json.dumps(
+                    {_text(k, "an annotation"): _text(v, "an annotation") for k, v in annotations.items()},
+                    sort_keys=True,
+                ),
+                "receiver": _text(payload.get("receiver") or "", "the receiver")[:128] or None,
                 "received_at": now,
                 "notifications": 1,
             }
@@ -84,6 +117,14 @@ def store(engine: Engine, rows: list[dict[str, Any]]) -> None:
             "notifications": T.c.notifications + 1,
         },
     )
+    # One row per key (an upsert cannot touch a row twice), in one lock order for every writer
+    # (sorted keys), so concurrent webhooks cannot deadlock each other.
+    unique = {(r["fingerprint"], r["starts_at"], r["status"]): r for r in rows}
+    ordered = [unique[key] for key in sorted(unique)]
+    with_deadlock_retry(lambda: _execute(engine, stmt, ordered))
+
+
+def _execute(engine: Engine, stmt: Any, rows: list[dict[str, Any]]) -> None:
     with engine.begin() as conn:
         conn.execute(stmt, rows)
 

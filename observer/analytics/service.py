@@ -38,6 +38,25 @@ class FeedbackError(ValueError):
     pass
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell a spreadsheet will not run: text starting like a formula gets a leading apostrophe
+    (OWASP "CSV injection"). Numbers stay numbers, so a negative count is still -3."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+class _SafeWriter:
+    def __init__(self, buf: io.StringIO) -> None:
+        self._writer = csv.writer(buf)
+
+    def writerow(self, row: list[Any]) -> None:
+        self._writer.writerow([csv_cell(v) for v in row])
+
+
 class AnalyticsService:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -77,7 +96,7 @@ class AnalyticsService:
     def csv(self, table: str, day: date | None = None) -> str:
         day = day or self.today()
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = _SafeWriter(buf)  # department and model names come from callers' spans
         if table == "departments":
             w.writerow(["department", "active_users", "requests", "input_tokens", "output_tokens", "errors"])
             for r in self.analytics.departments(day):
@@ -132,17 +151,22 @@ class AnalyticsService:
     # --- feedback ----------------------------------------------------------------------------------
     def add_feedback(self, body: dict[str, Any]) -> dict[str, Any]:
         ref = body.get("request_id") or body.get("trace_id")
-        if not isinstance(ref, str) or not ref or len(ref) > 128:
-            raise FeedbackError("'request_id' or 'trace_id' (a string) is required")
+        if not isinstance(ref, str) or not ref or len(ref) > 128 or not ref.isprintable():
+            raise FeedbackError("'request_id' or 'trace_id' (a printable string) is required")
         rating = body.get("rating")
         ratings = {"up": 1, "down": -1, 1: 1, -1: -1, "+1": 1, "-1": -1}
-        if isinstance(rating, bool) or rating not in ratings:
+        # Only hashable scalars can be looked up (`rating: []` raised TypeError, answered as an outage).
+        if not isinstance(rating, str | int) or isinstance(rating, bool) or rating not in ratings:
             raise FeedbackError("'rating' must be 'up' or 'down' (or 1 / -1)")
         reason = body.get("reason")
-        if reason is not None and reason not in self.settings.analytics.feedback_reasons:
+        if reason is not None and (
+            not isinstance(reason, str) or reason not in self.settings.analytics.feedback_reasons
+        ):
             raise FeedbackError(f"'reason' must be one of {self.settings.analytics.feedback_reasons}")
         keep = self.settings.analytics.feedback_keep_comments
         comment = body.get("comment") if keep and isinstance(body.get("comment"), str) else None
+        if comment is not None:
+            comment = comment.replace("\x00", "")  # PostgreSQL text refuses NUL
         r = Request.__table__.c
         with self.store.engine.begin() as conn:
             match = conn.execute(

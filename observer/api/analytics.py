@@ -1,19 +1,26 @@
-"""``GET /api/v1/requests`` and ``GET /api/v1/analytics/*``: the read-only JSON/CSV API."""
+"""``GET /api/v1/requests`` and ``GET /api/v1/analytics/*``: the read-only JSON/CSV API (read token).
+
+Query values are checked before they reach a query: dates within [today - 10 years, today + 1 day]
+(400 otherwise, instead of a date overflow deep in a rollup walk), ``format`` json or csv.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
+from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from observer.api.common import Context, context, unavailable
+from observer.api.common import Access, Context, context, require, unavailable
 from observer.collector.otlp import OtlpError
 from observer.store.db import StoreUnavailable
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(require(Access.READ))])
+OLDEST_DAYS = 3660  # reports reach back at most this far (cohorts are monthly over a few years)
+Format = Literal["json", "csv"]
 
 
 @router.get("/api/v1/requests")
@@ -36,16 +43,22 @@ async def requests(
     return JSONResponse({"requests": rows})
 
 
-def _day(value: str | None) -> date | None:
+def _day(ctx: Context, value: str | None) -> date | None:
     if value is None:
         return None
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value) if len(value) == 10 else None
     except ValueError:
-        raise OtlpError(400, f"date must be YYYY-MM-DD, got {value!r}", "bad_query") from None
+        day = None
+    if day is None:
+        raise OtlpError(400, "date must be YYYY-MM-DD", "bad_query")
+    today = ctx.analytics.today()
+    if not today - timedelta(days=OLDEST_DAYS) <= day <= today + timedelta(days=1):
+        raise OtlpError(400, f"date must be within {OLDEST_DAYS} days before today and tomorrow", "bad_query")
+    return day
 
 
-async def _run(ctx: Context, fn: Callable[[], Response]) -> Response:
+async def _run(ctx: Context, request: Request, fn: Callable[[], Response]) -> Response:
     try:
         return await run_in_threadpool(fn)
     except OtlpError as exc:
@@ -58,20 +71,20 @@ async def _run(ctx: Context, fn: Callable[[], Response]) -> Response:
 async def analytics_summary(request: Request, date: str | None = None) -> Response:
     """DAU, WAU, MAU, stickiness, new users, retention, cohorts, departments, feedback, cost."""
     ctx = context(request)
-    return await _run(ctx, lambda: JSONResponse(ctx.analytics.summary(_day(date)).to_dict()))
+    return await _run(ctx, request, lambda: JSONResponse(ctx.analytics.summary(_day(ctx, date)).to_dict()))
 
 
 @router.get("/api/v1/analytics/cohorts")
-async def analytics_cohorts(request: Request, date: str | None = None, format: str = "json") -> Response:
+async def analytics_cohorts(request: Request, date: str | None = None, format: Format = "json") -> Response:
     ctx = context(request)
 
     def run() -> Response:
-        day = _day(date) or ctx.analytics.today()
+        day = _day(ctx, date) or ctx.analytics.today()
         if format == "csv":
             return PlainTextResponse(ctx.analytics.csv("cohorts", day), media_type="text/csv")
         return JSONResponse({"cohorts": ctx.analytics.analytics.cohorts(until=day)})
 
-    return await _run(ctx, run)
+    return await _run(ctx, request, run)
 
 
 @router.get("/api/v1/analytics/departments")
@@ -79,18 +92,18 @@ async def analytics_departments(
     request: Request,
     date: str | None = None,
     window_days: int = Query(30, ge=1, le=366),
-    format: str = "json",
+    format: Format = "json",
 ) -> Response:
     ctx = context(request)
 
     def run() -> Response:
-        day = _day(date) or ctx.analytics.today()
+        day = _day(ctx, date) or ctx.analytics.today()
         if format == "csv":
             return PlainTextResponse(ctx.analytics.csv("departments", day), media_type="text/csv")
         rows = ctx.analytics.analytics.departments(day, window_days)
         return JSONResponse({"departments": [r.__dict__ for r in rows], "window_days": window_days})
 
-    return await _run(ctx, run)
+    return await _run(ctx, request, run)
 
 
 @router.get("/api/v1/analytics/cost")
@@ -98,4 +111,6 @@ async def analytics_cost(
     request: Request, date: str | None = None, window_days: int = Query(30, ge=1, le=366)
 ) -> Response:
     ctx = context(request)
-    return await _run(ctx, lambda: JSONResponse(ctx.analytics.cost(_day(date), window_days).to_dict()))
+    return await _run(
+        ctx, request, lambda: JSONResponse(ctx.analytics.cost(_day(ctx, date), window_days).to_dict())
+    )

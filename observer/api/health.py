@@ -1,21 +1,22 @@
-"""``GET /healthz`` (liveness and store reachability) and ``GET /metrics`` (the collector's registry)."""
+"""``GET /healthz`` (liveness and store reachability, always open) and ``GET /metrics``."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from observer.api.common import context
+from observer.api.common import Access, context, require
 from observer.exposition import CONTENT_TYPE
 
 router = APIRouter()
 
 
-@router.get("/metrics")
+@router.get("/metrics", dependencies=[Depends(require(Access.METRICS))])
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(context(request).registry), media_type=CONTENT_TYPE)
+    ctx = context(request)
+    return Response(generate_latest(ctx.registry), media_type=CONTENT_TYPE)
 
 
 @router.get("/healthz")

@@ -1,4 +1,9 @@
-"""``POST /v1/traces``: OTLP/HTTP trace export (protobuf or JSON, optionally gzip)."""
+"""``POST /v1/traces``: OTLP/HTTP trace export (protobuf or JSON, optionally gzip).
+
+Responses follow the OTLP/HTTP specification: 200 (with partial success when some spans were
+rejected), 400/415 for bodies that will never be accepted, 413 for bodies over a limit, and the
+retryable 429 (memory budget exhausted) and 503 (store unavailable), both with Retry-After.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from observer.api.common import authorized, context, read_capped
-from observer.collector.otlp import JSON, OtlpError, decompress, error_body, media_type, success_body
+from observer.api.common import Access, authorized, context, read_body
+from observer.collector.otlp import JSON, PROTOBUF, OtlpError, error_body, media_type, success_body
 from observer.store.db import StoreUnavailable
 
 router = APIRouter()
@@ -20,17 +25,24 @@ async def traces(request: Request) -> Response:
     kind = JSON
     try:
         kind = media_type(request.headers.get("content-type"))
-        if not authorized(ctx, request):
+        if not authorized(ctx, request, Access.WRITE):
             raise OtlpError(401, "missing or wrong bearer token", "unauthorized")
         if not ctx.schema.ready and not await run_in_threadpool(ctx.schema.ensure):
             raise StoreUnavailable("database not reachable")
-        raw = await read_capped(request, cfg.max_body_bytes)
-        body = decompress(raw, request.headers.get("content-encoding"), cfg.max_body_bytes)
-        result = await run_in_threadpool(collector.ingest, body, kind)
+        expansion = cfg.protobuf_expansion if kind == PROTOBUF else cfg.json_expansion
+        encoding = request.headers.get("content-encoding")
+        # Decoding and mapping are CPU-bound under the GIL: more at once (ingest_slots) only adds memory.
+        async with (
+            read_body(ctx, request, cfg.max_body_bytes, expansion, encoding) as body,
+            ctx.ingest_slots,
+        ):
+            result = await run_in_threadpool(collector.ingest, body, kind)
     except OtlpError as exc:
         collector.m_requests.labels(code=str(exc.status)).inc()
         collector.m_rejected.labels(reason=exc.reason).inc()
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.status in (429, 503):
+            headers["Retry-After"] = str(cfg.retry_after_s)
         return Response(error_body(kind, exc.status, exc.message), exc.status, headers, media_type=kind)
     except StoreUnavailable:
         collector.m_requests.labels(code="503").inc()
