@@ -138,8 +138,9 @@ class GpuExporterSettings(_Section):
     # Compat mode's hostname label: dcgm-exporter releases (<= 4.5.3-4.8.2) spell it "Hostname", its
     # main branch "hostname" (#655); "none" leaves it out like its -n/--no-hostname.
     dcgm_hostname_label: str = Field("Hostname", pattern="^(Hostname|hostname|none)$")
-    # GPM activity is the mean between two samples; closer ones are noise (nvidia_gpu_exporter: 1 s).
-    gpm_min_span_s: float = Field(1.0, ge=0)
+    # GPM activity is the mean between two samples; much closer ones measure too little (nvidia_gpu_exporter
+    # drops pairs under 1 s). Half the default interval, so a cycle that starts a little early still samples.
+    gpm_min_span_s: float = Field(0.5, ge=0)
     # XID codes whose counters exist (at 0) from the start, so the first event is an increase that
     # increase()/rate() can see. Hardware-side codes: ECC/row remap, NVLink, fallen off the bus, GSP.
     critical_xids: list[int] = Field(default_factory=lambda: [48, 63, 64, 74, 79, 92, 94, 95, 119, 120])
