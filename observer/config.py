@@ -175,10 +175,37 @@ class CollectorSettings(_Section):
     keepalive_timeout_s: float = Field(5.0, gt=0)
     max_connections: int = Field(2048, ge=16)
     max_header_bytes: int = Field(64 * 1024, ge=4096)
-    # Span attributes that carry the department/team, first match wins.
-    department_attributes: list[str] = Field(
-        default_factory=lambda: ["department", "user.department", "team", "enduser.department", "org.unit"]
+    # Span attributes that carry the user, first match wins; looked up on the request's spans, then on
+    # their ancestors in the trace (the app's own request span), so baggage copied onto spans counts.
+    # Defaults cover OpenTelemetry (user.id, enduser.id) and LiteLLM (llm.user, metadata.*).
+    user_attributes: list[str] = Field(
+        default_factory=lambda: [
+            "user.id",
+            "enduser.id",
+            "llm.user",
+            "metadata.user_api_key_end_user_id",
+            "metadata.user_api_key_user_id",
+            "user.hash",
+        ]
     )
+    # Span attributes that carry the department/team, first match wins (same lookup as users).
+    department_attributes: list[str] = Field(
+        default_factory=lambda: [
+            "department",
+            "user.department",
+            "team",
+            "enduser.department",
+            "org.unit",
+            "metadata.user_api_key_team_alias",
+        ]
+    )
+    # Models the fleet serves, always kept as `model` label values. Beyond these, the first
+    # top_models models an engine confirmed (on its span, or in the response it sent) keep their
+    # name; a model name that only a caller typed folds into "other" (callers control that string).
+    models: list[str] = Field(default_factory=list)
+    top_models: int = Field(20, ge=0)
+    # Spans are kept this long to join halves that arrive late (app spans flush after the call's).
+    join_window_s: float = Field(3600.0, ge=60)
     # Spans starting further in the future than this (clock skew) are rejected with a reason.
     max_clock_skew_s: float = Field(300.0, ge=0)
     # Departments always kept as labels; beyond these, the first top_departments distinct values seen
@@ -187,7 +214,8 @@ class CollectorSettings(_Section):
     top_departments: int = Field(20, ge=0)
     # Keyed HMAC-SHA256 of user ids before storage when set (pseudonymization); None = store as given.
     pseudonymize_key: str | None = None
-    # A request whose gateway (or engine) half has not arrived after this long is counted as it is.
+    # A request that is not settled (its engine half or an ancestor may still come) is counted as it
+    # is once no span of it has arrived for this long.
     join_grace_s: float = Field(10.0, ge=0)
 
 
@@ -321,6 +349,33 @@ class SloSettings(_Section):
         return self
 
 
+class LoadtestSettings(_Section):
+    """``observer loadtest``: SLO overrides, sweep search, sampling and the GPUs behind the target.
+
+    The default SLO comes from the ``slo`` section (TTFT p99 <= ttft_target_s, ITL p95 <=
+    itl_p95_target_s, success >= error_objective); ``slo`` here adds or replaces keys
+    (ttft_p95, ttft_p99, tpot_p95, itl_p95, e2e_p95, e2e_p99 in seconds, success as a ratio).
+    """
+
+    slo: dict[str, float] = Field(default_factory=dict)
+    gpus: int = Field(1, ge=1)  # GPUs behind the target: cost at capacity is for this many
+    duration_s: float = Field(30, gt=0)  # per run, and per sweep step
+    drain_s: float = Field(30, ge=0)  # in-flight requests get this long after sending stops
+    request_timeout_s: float = Field(300, gt=0)  # a stream running longer is cut (incomplete)
+    metrics_interval_s: float = Field(0.5, gt=0)  # /metrics sampling period
+    sweep_start_rps: float = Field(1.0, gt=0)
+    sweep_max_rps: float = Field(2000, gt=0)
+    sweep_max_steps: int = Field(10, ge=2)
+    sweep_precision: float = Field(0.1, gt=0, lt=1)  # binary search stops at this relative gap
+    sweep_min_requests: int = Field(30, ge=1)  # a step at a low rate runs longer to send this many
+    # A sweep step stops early once this share of its requests already broke a latency target
+    # (finished late, or still without a first token past the TTFT target), after min_requests.
+    early_stop_share: float = Field(0.3, gt=0, le=1)
+    early_stop_min_requests: int = Field(20, ge=1)
+    compare_tolerance: float = Field(0.1, ge=0)  # relative change that counts as a regression
+    progress_min_s: float = Field(10, ge=0)  # progress bar for runs at least this long
+
+
 class AlertingSettings(_Section):
     """Where the metrics come from (scrape job names) and where runbooks live."""
 
@@ -377,6 +432,7 @@ class Settings(_Section):
     slo: SloSettings = Field(default_factory=SloSettings)
     alerting: AlertingSettings = Field(default_factory=AlertingSettings)
     dashboards: DashboardSettings = Field(default_factory=DashboardSettings)
+    loadtest: LoadtestSettings = Field(default_factory=LoadtestSettings)
 
     def with_overrides(self, section: str, **values: Any) -> Settings:
         """A copy with some keys of one section replaced (``None`` values are ignored), re-validated."""
