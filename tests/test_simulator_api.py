@@ -1,6 +1,7 @@
 """The simulator seen from outside: OpenAI API shapes, vLLM /metrics exposition, errors."""
 
 import json
+import time
 
 import httpx
 import pytest
@@ -80,7 +81,19 @@ def test_completions_streaming_and_plain(sim):
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "7"}, 400, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, 400, "temperature"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n"),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 0}, 400, "n"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": True}},
+            400,
+            "stream_options",
+        ),
+        ({"messages": [{"role": "user", "content": "x"}], "stop": 7}, 400, "stop"),
+        ({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400, "top_logprobs"),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21},
+            400,
+            "top_logprobs",
+        ),
         ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 40000}, 400, "max_tokens"),
         ({"messages": [{"role": "user", "content": "x"}], "model": "other"}, 404, "model"),
     ],
@@ -140,9 +153,9 @@ def test_metrics_exposition_matches_vllm_v1(sim):
     assert "process_cpu_seconds_total" in m
 
 
-def test_client_disconnect_counts_as_abort(sim):
-    before = scrape(sim + "/metrics")["vllm:request_success_total"]
-    key = next(k for k in before if dict(k)["finished_reason"] == "abort")
+def test_client_disconnect_is_not_counted_as_abort(sim):
+    """vLLM drops a disconnected request's state before recording stats: no finish reason moves."""
+    before = scrape(sim + "/metrics")
     body = {
         "messages": [{"role": "user", "content": "long"}],
         "max_tokens": 5000,
@@ -153,12 +166,72 @@ def test_client_disconnect_counts_as_abort(sim):
         for i, _ in enumerate(resp.iter_lines()):
             if i > 3:
                 break
-    for _ in range(100):
+    for _ in range(100):  # the engine frees the request when the stream's generator closes
         after = scrape(sim + "/metrics")
-        if after["vllm:request_success_total"][key] == before[key] + 1:
+        if sum(after["vllm:num_requests_running"].values()) == 0:
             break
-        import time
-
         time.sleep(0.05)
-    assert after["vllm:request_success_total"][key] == before[key] + 1
     assert sum(after["vllm:num_requests_running"].values()) == 0
+    assert after["vllm:request_success_total"] == before["vllm:request_success_total"]
+    assert after["vllm:e2e_request_latency_seconds_count"] == before["vllm:e2e_request_latency_seconds_count"]
+
+
+def test_n_choices_are_separate_engine_requests(sim):
+    before = scrape(sim + "/metrics")["vllm:request_success_total"]
+    body = {"messages": [{"role": "user", "content": "three answers"}], "n": 3, "max_tokens": 4}
+    r = httpx.post(sim + "/v1/chat/completions", json=body, timeout=30).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2]
+    assert all(c["message"]["content"] and c["logprobs"] is None for c in r["choices"])
+    assert (
+        r["usage"]["completion_tokens"]
+        == sum(4 if c["finish_reason"] == "length" else 0 for c in r["choices"])
+        or r["usage"]["completion_tokens"] <= 12
+    )
+    assert r["usage"]["total_tokens"] == r["usage"]["prompt_tokens"] + r["usage"]["completion_tokens"]
+    after = scrape(sim + "/metrics")["vllm:request_success_total"]
+    assert sum(after.values()) - sum(before.values()) == 3  # one finish per choice, as vLLM counts
+
+    stream = dict(body, stream=True, ignore_eos=True, stream_options={"include_usage": True})
+    with httpx.stream("POST", sim + "/v1/chat/completions", json=stream, timeout=30) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    tokens = {}
+    for e in events:
+        for c in e["choices"]:
+            if c["delta"].get("content"):
+                tokens[c["index"]] = tokens.get(c["index"], 0) + 1
+    assert tokens == {0: 4, 1: 4, 2: 4}
+    assert events[-1]["usage"]["completion_tokens"] == 12
+
+
+def test_stop_strings_end_the_output_before_the_stop(sim):
+    probe = {"messages": [{"role": "user", "content": "stop test"}], "max_tokens": 30, "ignore_eos": True}
+    full = httpx.post(sim + "/v1/chat/completions", json=probe, timeout=30).json()["choices"][0]
+    words = full["message"]["content"].split()
+    stop = words[3]
+    r = httpx.post(
+        sim + "/v1/chat/completions", json=dict(probe, stop=[stop, "zzz-never"]), timeout=30
+    ).json()
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["stop_reason"] == stop
+    assert stop not in choice["message"]["content"]
+    # Output words cycle through one vocabulary, so a 30-token answer meets the stop word well before
+    # its end; the request ends at the token that completes it (counted), its text cut before it.
+    assert r["usage"]["completion_tokens"] < 30
+    assert full["finish_reason"] == "length" and full["stop_reason"] is None
+
+
+def test_logprobs_null_unless_asked(sim):
+    base = {"messages": [{"role": "user", "content": "lp"}], "max_tokens": 3, "ignore_eos": True}
+    plain = httpx.post(sim + "/v1/chat/completions", json=base, timeout=30).json()["choices"][0]
+    assert plain["logprobs"] is None
+    asked = dict(base, logprobs=True, top_logprobs=2)
+    lp = httpx.post(sim + "/v1/chat/completions", json=asked, timeout=30).json()["choices"][0]["logprobs"]
+    assert len(lp["content"]) == 3
+    assert all(t["logprob"] < 0 and len(t["top_logprobs"]) == 2 for t in lp["content"])
+    choice = httpx.post(sim + "/v1/chat/completions", json=asked, timeout=30).json()["choices"][0]
+    assert "".join(t["token"] for t in choice["logprobs"]["content"]) == choice["message"]["content"]
+    comp = {"prompt": "lp", "max_tokens": 2, "ignore_eos": True, "logprobs": 1, "stream": True}
+    with httpx.stream("POST", sim + "/v1/completions", json=comp, timeout=30) as resp:
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    blocks = [e["choices"][0]["logprobs"] for e in events if e["choices"] and e["choices"][0]["text"]]
+    assert len(blocks) == 2 and all(len(b["top_logprobs"][0]) == 2 for b in blocks)

@@ -46,8 +46,13 @@ class RequestHandle:
     trace_headers: dict[str, str]
     max_tokens_set: bool
     id_prefix: str = ""  # "chatcmpl-" / "cmpl-": the span's request id is the id the client sees
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # shared by the n choices of a request
     done: bool = False
+    index: int = 0  # choice index (n > 1)
+    logprobs: int | None = None  # top-k logprobs asked for; None answers "logprobs": null
+    stop_text: str | None = None  # the stop string the output ends on, if any
+    stop_token: int = 0  # output tokens when that stop string completes
+    stop_cut: int = 0  # characters of the last token's text kept before the stop string
 
     @property
     def finished_reason(self) -> str | None:
@@ -159,19 +164,23 @@ class Engine:
         return handle
 
     def abort(self, handle: RequestHandle) -> None:
+        """The client went away: free the request's blocks. Like vLLM, whose output processor drops the
+        request state before any stats are recorded, a disconnect counts nowhere (no finish reason, no
+        histogram, no span): ``finished_reason="abort"`` stays for aborts the engine itself decides."""
         if handle.done:
             return
         now = self._loop.time() if self._loop else time.monotonic()
         req = self.scheduler.abort(handle.req.request_id, now)
         if req is not None:
-            self._finish(handle)
+            self._finish(handle, recorded=False)
 
-    def _finish(self, handle: RequestHandle) -> None:
+    def _finish(self, handle: RequestHandle, recorded: bool = True) -> None:
         handle.done = True
         self._handles.pop(handle.req.request_id, None)
-        self.metrics.on_finished(handle.req, handle.max_tokens_set)
-        if self.tracer is not None:
-            self.tracer.record(handle, self._loop.time() if self._loop else time.monotonic())
+        if recorded:
+            self.metrics.on_finished(handle.req, handle.max_tokens_set)
+            if self.tracer is not None:
+                self.tracer.record(handle, self._loop.time() if self._loop else time.monotonic())
         handle.ready.set()
 
     # --- the engine loop -------------------------------------------------------------------------

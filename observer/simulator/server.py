@@ -7,6 +7,7 @@ Errors use OpenAI's envelope: ``{"error": {"message", "type", "param", "code"}}`
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -132,6 +133,129 @@ def _prompt_text(prompt: Any) -> tuple[str, int]:
     raise ApiError("'prompt' must be a string or a list of token ids (batches are not supported)", "prompt")
 
 
+MAX_N = 128  # choices per request; vLLM has no fixed cap, this bounds one request's engine work
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
+MAX_STOP_STRINGS = 16
+
+
+def _stop_strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(x, str) for x in stops):
+        raise ApiError("'stop' must be a string or a list of strings", "stop")
+    if len(stops) > MAX_STOP_STRINGS:
+        raise ApiError(f"'stop' accepts at most {MAX_STOP_STRINGS} strings", "stop")
+    return tuple(x for x in stops if x)
+
+
+def _logprobs_request(body: dict, chat: bool) -> int | None:
+    """Top-k logprobs asked for (0 = only the sampled token's), or None when not asked (``null``)."""
+    if chat:
+        wanted = body.get("logprobs")
+        if wanted not in (None, True, False):
+            raise ApiError("'logprobs' must be a boolean", "logprobs")
+        top = _number(body, "top_logprobs", 0, MAX_LOGPROBS, integer=True)
+        if top is not None and not wanted:
+            raise ApiError("when using `top_logprobs`, `logprobs` must be set to true.", "top_logprobs")
+        return (top or 0) if wanted else None
+    return _number(body, "logprobs", 0, MAX_LOGPROBS, integer=True)
+
+
+def _word_offset(handle: RequestHandle) -> int:
+    return int(handle.req.request_id[:4], 16)
+
+
+def _token_text(handle: RequestHandle, index: int) -> str:
+    """The text of output token ``index``; the token that completed a stop string is cut before it."""
+    word = _WORDS[(_word_offset(handle) + index) % len(_WORDS)]
+    if handle.stop_text is not None and index == handle.stop_token - 1:
+        return word[: handle.stop_cut]
+    return word
+
+
+def _visible_tokens(handle: RequestHandle) -> int:
+    return handle.req.output_tokens
+
+
+def _apply_stop(handle: RequestHandle, stops: tuple[str, ...], limit: int, min_tokens: int) -> None:
+    """Find where the deterministic output first contains a stop string and end the request there
+    with finish_reason "stop" and stop_reason = that string, as vLLM does (text cut before it)."""
+    offset = _word_offset(handle)
+    text = ""
+    for i in range(limit):
+        word = _WORDS[(offset + i) % len(_WORDS)]
+        before = len(text)
+        text += word
+        if i + 1 < min_tokens:
+            continue
+        hits = [(text.find(s, max(0, before - len(s) + 1)), s) for s in stops]
+        hits = [(pos, s) for pos, s in hits if pos != -1]
+        if hits:
+            pos, stop = min(hits)
+            handle.req.eos_after = i + 1
+            handle.stop_text, handle.stop_token, handle.stop_cut = stop, i + 1, max(0, pos - before)
+            return
+
+
+def _finish(handle: RequestHandle) -> dict[str, Any]:
+    reason = handle.finished_reason
+    stop_reason = (
+        handle.stop_text if reason == "stop" and handle.req.output_tokens == handle.stop_token else None
+    )
+    return {"finish_reason": reason, "stop_reason": stop_reason}
+
+
+def _finish_fields(handle: RequestHandle) -> str:
+    f = _finish(handle)
+    reason, stop = json.dumps(f["finish_reason"]), json.dumps(f["stop_reason"])
+    return f'"logprobs":null,"finish_reason":{reason},"stop_reason":{stop}'
+
+
+def _logprob(handle: RequestHandle, index: int, rank: int) -> float:
+    """A deterministic plausible log-probability (the simulator samples nothing)."""
+    return -round(0.05 + 0.37 * ((_word_offset(handle) + 7 * index) % 11) / 11 + 1.3 * rank, 4)
+
+
+def _logprobs_block(handle: RequestHandle, start: int, end: int, chat: bool) -> dict[str, Any] | None:
+    top = handle.logprobs
+    if top is None:
+        return None
+    offset = _word_offset(handle)
+    alternatives = [
+        [_WORDS[(offset + t + 1 + k) % len(_WORDS)] for k in range(top)] for t in range(start, end)
+    ]
+    if chat:
+        return {
+            "content": [
+                {
+                    "token": _token_text(handle, t),
+                    "logprob": _logprob(handle, t, 0),
+                    "bytes": list(_token_text(handle, t).encode()),
+                    "top_logprobs": [
+                        {"token": alt, "logprob": _logprob(handle, t, k + 1), "bytes": list(alt.encode())}
+                        for k, alt in enumerate(alternatives[t - start])
+                    ],
+                }
+                for t in range(start, end)
+            ]
+        }
+    offsets, pos = [], sum(len(_token_text(handle, t)) for t in range(start))
+    for t in range(start, end):
+        offsets.append(pos)
+        pos += len(_token_text(handle, t))
+    return {
+        "tokens": [_token_text(handle, t) for t in range(start, end)],
+        "token_logprobs": [_logprob(handle, t, 0) for t in range(start, end)],
+        "top_logprobs": [
+            {_token_text(handle, t): _logprob(handle, t, 0)}
+            | {alt: _logprob(handle, t, k + 1) for k, alt in enumerate(alternatives[t - start])}
+            for t in range(start, end)
+        ],
+        "text_offset": offsets,
+    }
+
+
 def create_app(settings: SimulatorSettings) -> FastAPI:
     tracer = RequestTracer(settings.otlp_traces_endpoint) if settings.otlp_traces_endpoint else None
     engine = Engine(settings, tracer=tracer)
@@ -191,7 +315,10 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             raise ApiError(f"The model `{model}` does not exist.", "model", 404, "NotFoundError")
         return body
 
-    def _admit(body: dict, request: Request, text: str, prompt_tokens: int, chat: bool) -> RequestHandle:
+    def _admit(
+        body: dict, request: Request, text: str, prompt_tokens: int, chat: bool
+    ) -> list[RequestHandle]:
+        """Validate sampling parameters as vLLM does and submit one engine request per choice (``n``)."""
         max_key = (
             "max_completion_tokens"
             if chat and body.get("max_completion_tokens") is not None
@@ -205,10 +332,14 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             ("frequency_penalty", -2, 2),
         ):
             _number(body, key, lo, hi)
-        n = _number(body, "n", 1, 1, integer=True)
+        n = _number(body, "n", 1, MAX_N, integer=True) or 1
         min_tokens = _number(body, "min_tokens", 0, settings.max_model_len, integer=True) or 0
         if body.get("stream") not in (None, True, False):
             raise ApiError("'stream' must be a boolean", "stream")
+        if body.get("stream_options") and not body.get("stream"):
+            raise ApiError("Stream options can only be defined when `stream=True`.", "stream_options")
+        stops = _stop_strings(body.get("stop"))
+        logprobs = _logprobs_request(body, chat)
         if prompt_tokens + (max_tokens or 1) > settings.max_model_len:
             raise ApiError(
                 f"This model's maximum context length is {settings.max_model_len} tokens. However, you "
@@ -219,7 +350,6 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             )
         if not engine.scheduler.can_ever_fit(prompt_tokens):
             raise ApiError(f"prompt of {prompt_tokens} tokens does not fit in the KV cache", "messages")
-        eos_after = 10**9 if body.get("ignore_eos") else max(engine.eos_after(text), min_tokens)
         trace_headers = {k: v for k, v in request.headers.items() if k in ("traceparent", "tracestate")}
         params = {
             "temperature": body.get("temperature"),
@@ -227,41 +357,50 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             "max_tokens": max_tokens,
             "n": n,
         }
-        handle = engine.submit(
-            prompt_text=text,
-            prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens or settings.max_model_len - prompt_tokens,
-            eos_after=eos_after,
-            params=params,
-            trace_headers=trace_headers,
-            max_tokens_set=max_tokens is not None,
-        )
-        handle.id_prefix = "chatcmpl-" if chat else "cmpl-"
-        return handle
+        limit = max_tokens or settings.max_model_len - prompt_tokens
+        # vLLM fans a request with n > 1 out into n engine requests (one span and one finish each) that
+        # share one prompt; the choices wake one event so a stream waits on all of them at once.
+        shared = asyncio.Event()
+        handles = []
+        for index in range(n):
+            seed_text = text if index == 0 else f"{text}\x00{index}"
+            eos_after = 10**9 if body.get("ignore_eos") else max(engine.eos_after(seed_text), min_tokens)
+            handle = engine.submit(
+                prompt_text=text,
+                prompt_tokens=prompt_tokens,
+                max_tokens=limit,
+                eos_after=eos_after,
+                params=params,
+                trace_headers=trace_headers,
+                max_tokens_set=max_tokens is not None,
+            )
+            handle.id_prefix = "chatcmpl-" if chat else "cmpl-"
+            handle.ready = shared
+            handle.index = index
+            handle.logprobs = logprobs
+            if stops:
+                _apply_stop(handle, stops, min(limit, handle.req.eos_after), min_tokens)
+            handles.append(handle)
+        return handles
 
-    def _usage(handle: RequestHandle) -> dict:
-        r = handle.req
-        return {
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.output_tokens,
-            "total_tokens": r.prompt_tokens + r.output_tokens,
-        }
+    def _usage(handles: list[RequestHandle]) -> dict:
+        prompt = handles[0].req.prompt_tokens  # one prompt, however many choices
+        completion = sum(h.req.output_tokens for h in handles)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def _text(handle: RequestHandle, start: int, end: int) -> str:
-        offset = int(handle.req.request_id[:4], 16)
-        return "".join(_WORDS[(offset + i) % len(_WORDS)] for i in range(start, end))
-
-    async def _complete(handle: RequestHandle) -> None:
+    async def _complete(handles: list[RequestHandle]) -> None:
+        ready = handles[0].ready
         try:
-            while not handle.done:
-                await handle.ready.wait()
-                handle.ready.clear()
+            while not all(h.done for h in handles):
+                await ready.wait()
+                ready.clear()
         finally:
-            if not handle.done:
-                engine.abort(handle)
+            for h in handles:
+                engine.abort(h)  # no-op for finished ones
 
-    async def _stream(handle: RequestHandle, chat: bool, include_usage: bool) -> AsyncIterator[str]:
-        rid = ("chatcmpl-" if chat else "cmpl-") + handle.req.request_id
+    async def _stream_one(handle: RequestHandle, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+        """The hot path (n = 1, no logprobs, no stop strings): pre-encoded words, one join per wake."""
+        rid = handle.id_prefix + handle.req.request_id
         obj = "chat.completion.chunk" if chat else "text_completion"
         model_json = json.dumps(settings.model)
         head = (
@@ -275,7 +414,7 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             )
         else:
             token_open, token_close = head + '"text":', ',"logprobs":null,"finish_reason":null}]}\n\n'
-        offset = int(handle.req.request_id[:4], 16)
+        offset = _word_offset(handle)
         sent = 0
         try:
             if chat:
@@ -295,21 +434,93 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
                     sent = produced
                 if handle.done:
                     break
-            reason = json.dumps(handle.finished_reason)
-            tail = (
-                head
-                + ('"delta":{},' if chat else '"text":"",')
-                + f'"logprobs":null,"finish_reason":{reason}}}]}}\n\n'
-            )
+            tail = head + ('"delta":{},' if chat else '"text":"",') + _finish_fields(handle) + "}]}\n\n"
             if include_usage:
                 tail += (
                     f'data: {{"id":"{rid}","object":"{obj}","created":{int(time.time())},'
-                    f'"model":{json.dumps(settings.model)},"choices":[],"usage":{json.dumps(_usage(handle))}}}\n\n'
+                    f'"model":{model_json},"choices":[],"usage":{json.dumps(_usage([handle]))}}}\n\n'
                 )
             yield tail + "data: [DONE]\n\n"
         finally:
-            if not handle.done:
-                engine.abort(handle)  # client went away mid-stream: vLLM counts it as abort
+            engine.abort(handle)  # client went away mid-stream (no-op once finished)
+
+    async def _stream_many(
+        handles: list[RequestHandle], chat: bool, include_usage: bool
+    ) -> AsyncIterator[str]:
+        """n > 1, logprobs or stop strings: one chunk per choice and token, choices interleaved."""
+        rid = handles[0].id_prefix + handles[0].req.request_id
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        created = int(time.time())
+
+        def chunk(choice: dict) -> str:
+            event = {
+                "id": rid,
+                "object": obj,
+                "created": created,
+                "model": settings.model,
+                "choices": [choice],
+            }
+            return f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+
+        sent = [0] * len(handles)
+        finished = [False] * len(handles)
+        ready = handles[0].ready
+        try:
+            if chat:
+                yield "".join(
+                    chunk(
+                        {
+                            "index": h.index,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    )
+                    for h in handles
+                )
+            while not all(finished):
+                await ready.wait()
+                ready.clear()
+                out = []
+                for i, h in enumerate(handles):
+                    produced = _visible_tokens(h)
+                    for t in range(sent[i], produced):
+                        piece = _token_text(h, t)
+                        body = {"content": piece} if chat else None
+                        choice: dict[str, Any] = {"index": h.index}
+                        if chat:
+                            choice["delta"] = body
+                        else:
+                            choice["text"] = piece
+                        choice["logprobs"] = _logprobs_block(h, t, t + 1, chat)
+                        choice["finish_reason"] = None
+                        out.append(chunk(choice))
+                    sent[i] = produced
+                    if h.done and not finished[i]:
+                        finished[i] = True
+                        end: dict[str, Any] = {"index": h.index}
+                        if chat:
+                            end["delta"] = {}
+                        else:
+                            end["text"] = ""
+                        end.update(_finish(h))
+                        out.append(chunk(end))
+                if out:
+                    yield "".join(out)
+            if include_usage:
+                event = {
+                    "id": rid,
+                    "object": obj,
+                    "created": created,
+                    "model": settings.model,
+                    "choices": [],
+                    "usage": _usage(handles),
+                }
+                yield f"data: {json.dumps(event, separators=(',', ':'))}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            for h in handles:
+                engine.abort(h)
 
     async def _handle(request: Request, chat: bool) -> Response:
         body = await _parse(request)
@@ -317,27 +528,38 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
             text, prompt_tokens = _message_text(body.get("messages"))
         else:
             text, prompt_tokens = _prompt_text(body.get("prompt"))
-        handle = _admit(body, request, text, prompt_tokens, chat)
+        handles = _admit(body, request, text, prompt_tokens, chat)
         if body.get("stream"):
             opts = body.get("stream_options") or {}
             include_usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
-            return StreamingResponse(_stream(handle, chat, include_usage), media_type="text/event-stream")
-        await _complete(handle)
-        out = _text(handle, 0, handle.req.output_tokens)
-        rid = ("chatcmpl-" if chat else "cmpl-") + handle.req.request_id
-        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": handle.finished_reason}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": out}
-        else:
-            choice["text"] = out
+            first = handles[0]
+            if len(handles) == 1 and first.logprobs is None and first.stop_text is None:
+                stream = _stream_one(first, chat, include_usage)
+            else:
+                stream = _stream_many(handles, chat, include_usage)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        await _complete(handles)
+        choices = []
+        for h in handles:
+            out = "".join(_token_text(h, t) for t in range(_visible_tokens(h)))
+            choice: dict[str, Any] = {
+                "index": h.index,
+                "logprobs": _logprobs_block(h, 0, _visible_tokens(h), chat),
+            }
+            if chat:
+                choice["message"] = {"role": "assistant", "content": out}
+            else:
+                choice["text"] = out
+            choice.update(_finish(h))
+            choices.append(choice)
         return JSONResponse(
             {
-                "id": rid,
+                "id": handles[0].id_prefix + handles[0].req.request_id,
                 "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()),
                 "model": settings.model,
-                "choices": [choice],
-                "usage": _usage(handle),
+                "choices": choices,
+                "usage": _usage(handles),
             }
         )
 
