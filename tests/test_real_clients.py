@@ -25,9 +25,9 @@ MODEL = "acme/chat-8b"
 FAST_GRACE = {"OBSERVER_COLLECTOR__JOIN_GRACE_S": "2"}
 
 
-def run_app(base: str, otlp: str, *extra: str) -> list[dict]:
+def run_app(base: str, otlp: str, *extra: str, model: str = MODEL) -> list[dict]:
     out = subprocess.run(
-        [sys.executable, str(APP), "--base-url", base + "/v1", "--otlp", otlp, "--model", MODEL, *extra],
+        [sys.executable, str(APP), "--base-url", base + "/v1", "--otlp", otlp, "--model", model, *extra],
         capture_output=True,
         text=True,
         timeout=120,
@@ -261,3 +261,4 @@ def test_litellm_proxy_in_front_of_the_engine(collector, litellm_bin, tmp_path):
     rows = sorted(stored(db), key=lambda r: r["user_id"] or "")
     assert [(r["user_id"], r["department"]) for r in rows] == [(u, t) for u, t, _ in calls]
     assert all(r["engine_span_id"] and r["model"] == MODEL and r["output_tokens"] for r in rows), rows
+

@@ -40,14 +40,14 @@ def setup(otlp: str, with_httpx: bool) -> TracerProvider:
     return provider
 
 
-def plan(model: str) -> list[dict]:
+def plan(model: str, prefix: str = "user") -> list[dict]:
     """Users set by baggage for some calls and on the app's own span for others; streams with and
     without usage; one stream the user abandons; one call naming a model nobody serves."""
     calls = []
     for i in range(6):
         calls.append(
             {
-                "user": f"user-{i % 3}",
+                "user": f"{prefix}-{i % 3}",
                 "department": ["legal", "sales", "research"][i % 3],
                 "via": "baggage" if i % 2 == 0 else "span",
                 "model": model,
@@ -57,7 +57,7 @@ def plan(model: str) -> list[dict]:
         )
     calls.append(
         {
-            "user": "user-9",
+            "user": f"{prefix}-9",
             "department": "legal",
             "via": "span",
             "model": model,
@@ -65,7 +65,7 @@ def plan(model: str) -> list[dict]:
             "abandon": True,
         }
     )
-    calls.append({"user": "user-8", "department": "sales", "via": "baggage", "model": "no-such-model"})
+    calls.append({"user": f"{prefix}-8", "department": "sales", "via": "baggage", "model": "no-such-model"})
     return calls
 
 
@@ -117,11 +117,12 @@ def main() -> int:
     ap.add_argument("--otlp", required=True)
     ap.add_argument("--model", required=True)
     ap.add_argument("--no-httpx", action="store_true", help="no traceparent reaches the engine")
+    ap.add_argument("--user-prefix", default="user")
     args = ap.parse_args()
     provider = setup(args.otlp, with_httpx=not args.no_httpx)
     client = openai.OpenAI(base_url=args.base_url, api_key="unused", max_retries=0)
     tracer = trace.get_tracer("assistant-app")
-    for call in plan(args.model):
+    for call in plan(args.model, args.user_prefix):
         print(json.dumps(run_call(client, tracer, call)), flush=True)
     provider.force_flush()
     provider.shutdown()
