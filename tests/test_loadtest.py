@@ -332,3 +332,59 @@ def test_compare_verdict_direction() -> None:
     assert rows["ttft_p95"]["verdict"] == "improved"
     assert rows["requests_per_s"]["verdict"] == "regressed"
     assert compare(a, a, 0.1)["regressions"] == []
+
+
+def _sse_server_response(tokens: int, cut_after: int | None = None) -> list[bytes]:
+    """A chunked SSE response like vLLM's, as the byte pieces a server would write."""
+    events = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n']
+    events += [
+        b'data: {"choices":[{"index":0,"delta":{"content":" tok%d"},"finish_reason":null}]}\n\n' % i
+        for i in range(tokens)
+    ]
+    events.append(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n')
+    events.append(b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":%d}}\n\n' % tokens)
+    events.append(b"data: [DONE]\n\n")
+    if cut_after is not None:
+        events = events[: cut_after + 1]
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+    return [head, body + (b"0\r\n\r\n" if cut_after is None else b"")]
+
+
+@pytest.mark.parametrize("cut_after", [None, 3])
+def test_raw_client_decodes_chunks_split_anywhere_and_a_disconnect_is_incomplete(cut_after) -> None:
+    """A loopback server writes the response a few bytes at a time (chunk sizes split mid-line);
+    cutting the connection mid-stream must give an incomplete record, not a success or a crash."""
+    import asyncio
+
+    from observer.loadtest.driver import Driver
+
+    async def main() -> list:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            data = b"".join(_sse_server_response(5, cut_after))
+            for i in range(0, len(data), 7):
+                writer.write(data[i : i + 7])
+                await writer.drain()
+                await asyncio.sleep(0)
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        driver = Driver(f"http://127.0.0.1:{port}", "m", load_profile("chat"), request_timeout_s=10)
+        result = await driver.run(concurrency=1, duration=5, max_requests=2)
+        await driver.aclose()
+        server.close()
+        await server.wait_closed()
+        return result.records
+
+    records = asyncio.run(main())
+    assert len(records) == 2
+    for rec in records:
+        if cut_after is None:
+            assert rec.outcome == "success", rec
+            assert rec.output_tokens == 5 and rec.prompt_tokens == 7 and len(rec.itl) <= 4
+            assert rec.ttft is not None and rec.e2e >= rec.ttft and rec.tpot is not None
+        else:
+            assert (rec.outcome, rec.error) == ("incomplete", "IncompleteReadError"), rec
+            assert rec.ttft is not None  # tokens arrived before the cut

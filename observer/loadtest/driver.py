@@ -20,9 +20,10 @@ import json
 import random
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -82,6 +83,18 @@ class Driver:
         self.profile = profile
         self.request_timeout_s = request_timeout_s
         self.rng = random.Random(seed)
+        parts = urlsplit(self.target)
+        self.path = parts.path.rstrip("/") + "/v1/chat/completions"
+        # Plain http goes through the lean client below; https (and a client given by the caller)
+        # through httpx.
+        self._raw: tuple[str, int, bytes] | None = None
+        if parts.scheme == "http" and client is None:
+            host = parts.hostname or "127.0.0.1"
+            head = (
+                f"POST {self.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
+                "Accept: text/event-stream\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+            ).encode()
+            self._raw = (host, parts.port or 80, head)
         self._own_client = client is None
         self.client = client or httpx.AsyncClient(
             base_url=self.target,
@@ -110,65 +123,34 @@ class Driver:
         perf = time.perf_counter
         sent_at = perf()
         rec.start = sent_at - t0
-        last = sent_at
-        chunks = 0
-        finished = False
-        itl = rec.itl
+        state = _Stream(rec, sent_at)
         try:
             async with asyncio.timeout(self.request_timeout_s):
-                async with self.client.stream(
-                    "POST",
-                    "/v1/chat/completions",
-                    content=payload,
-                    headers={"content-type": "application/json"},
-                ) as resp:
-                    if resp.status_code != 200:
-                        await resp.aread()
-                        rec.outcome, rec.error = "error", f"http_{resp.status_code}"
-                        return
-                    rec.started_stream = True
-                    buf = b""
-                    async for data in resp.aiter_raw():
-                        now = perf()
-                        buf += data
-                        if b"\n\n" not in buf:
-                            continue
-                        *events, buf = buf.split(b"\n\n")
-                        got_token = False
-                        for event in events:
-                            if not event.startswith(_DATA):
-                                continue
-                            payload_bytes = event[6:]
-                            if payload_bytes == _DONE:
-                                if finished:
-                                    rec.outcome = "success"
-                                continue
-                            msg = json.loads(payload_bytes)
-                            usage = msg.get("usage")
-                            if usage:
-                                rec.prompt_tokens = usage.get("prompt_tokens") or 0
-                                rec.output_tokens = usage.get("completion_tokens") or 0
-                            for choice in msg.get("choices") or ():
-                                delta = choice.get("delta") or {}
-                                if (
-                                    delta.get("content")
-                                    or delta.get("reasoning_content")
-                                    or delta.get("tool_calls")
-                                ):
-                                    got_token = True
-                                    chunks += 1
-                                if choice.get("finish_reason"):
-                                    finished = True
-                        if got_token:
-                            if rec.ttft is None:
-                                rec.ttft = now - sent_at
-                            else:
-                                itl.append(now - last)
-                            last = now
+                if self._raw is not None:
+                    resp = await _RawResponse.open(*self._raw, payload)
+                    try:
+                        await state.consume(resp.status, resp.body())
+                    finally:
+                        resp.close()
+                else:
+                    async with self.client.stream(
+                        "POST",
+                        self.target + "/v1/chat/completions",
+                        content=payload,
+                        headers={"content-type": "application/json"},
+                    ) as resp:
+                        await state.consume(resp.status_code, resp.aiter_raw())
         except TimeoutError:
             rec.outcome, rec.error = ("incomplete" if rec.started_stream else "error"), "timeout"
             return
-        except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (
+            OSError,
+            EOFError,
+            asyncio.IncompleteReadError,
+            httpx.HTTPError,
+            ValueError,  # JSON or HTTP framing garbage
+            UnicodeDecodeError,
+        ) as exc:
             rec.outcome = "incomplete" if rec.started_stream else "error"
             rec.error = type(exc).__name__
             return
@@ -177,15 +159,7 @@ class Driver:
             raise
         finally:
             rec.end = perf() - t0
-        if rec.outcome != "success":
-            rec.outcome, rec.error = "incomplete", "stream_ended_early"
-            return
-        rec.output_tokens = rec.output_tokens or chunks
-        if rec.ttft is None:  # finished without a single token (max_tokens=0-like): count it done
-            rec.ttft = last - sent_at
-        rec.e2e = last - sent_at
-        if rec.output_tokens > 1:
-            rec.tpot = (rec.e2e - rec.ttft) / (rec.output_tokens - 1)
+        state.finish()
 
     async def run(
         self,
@@ -300,3 +274,172 @@ class Driver:
             mode="rate" if rate is not None else "concurrency",
             level=float(rate if rate is not None else concurrency or 0),
         )
+
+
+class _Stream:
+    """SSE events of one chat completion stream -> the record's timings and token counts."""
+
+    __slots__ = ("chunks", "finished", "last", "rec", "sent_at")
+
+    def __init__(self, rec: Record, sent_at: float) -> None:
+        self.rec = rec
+        self.sent_at = sent_at
+        self.last = sent_at
+        self.chunks = 0
+        self.finished = False
+
+    async def consume(self, status: int, body: AsyncIterator[bytes]) -> None:
+        rec = self.rec
+        if status != 200:
+            async for _ in body:
+                pass
+            rec.outcome, rec.error = "error", f"http_{status}"
+            return
+        rec.started_stream = True
+        perf = time.perf_counter
+        loads = json.loads
+        itl = rec.itl
+        buf = b""
+        async for data in body:
+            now = perf()
+            buf += data
+            if b"\n\n" not in buf:
+                continue
+            *events, buf = buf.split(b"\n\n")
+            got_token = False
+            for event in events:
+                if not event.startswith(_DATA):
+                    continue
+                payload = event[6:]
+                if payload == _DONE:
+                    if self.finished:
+                        rec.outcome = "success"
+                    continue
+                msg = loads(payload)
+                usage = msg.get("usage")
+                if usage:
+                    rec.prompt_tokens = usage.get("prompt_tokens") or 0
+                    rec.output_tokens = usage.get("completion_tokens") or 0
+                for choice in msg.get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    if delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"):
+                        got_token = True
+                        self.chunks += 1
+                    if choice.get("finish_reason"):
+                        self.finished = True
+            if got_token:
+                if rec.ttft is None:
+                    rec.ttft = now - self.sent_at
+                else:
+                    itl.append(now - self.last)
+                self.last = now
+
+    def finish(self) -> None:
+        rec = self.rec
+        if rec.outcome == "error":
+            return
+        if rec.outcome != "success":
+            rec.outcome, rec.error = "incomplete", "stream_ended_early"
+            return
+        rec.output_tokens = rec.output_tokens or self.chunks
+        if rec.ttft is None:  # finished without a single token: count it done at the end
+            rec.ttft = self.last - self.sent_at
+        rec.e2e = self.last - self.sent_at
+        if rec.output_tokens > 1:
+            rec.tpot = (rec.e2e - rec.ttft) / (rec.output_tokens - 1)
+
+
+class _RawResponse:
+    """A minimal HTTP/1.1 client for plain-http targets: one connection per request, no pool.
+
+    httpx's pool does work per open connection on every response event, so its CPU per token grows
+    with the number of open streams (measured in benchmarks/simulator.py); at hundreds of requests
+    per second that would be the driver's bottleneck rather than the server's. This reads the
+    response with a few buffered reads and decodes chunked transfer encoding itself.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.status = 0
+        self.chunked = False
+        self.length: int | None = None
+
+    @classmethod
+    async def open(cls, host: str, port: int, head: bytes, payload: bytes) -> _RawResponse:
+        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+        self = cls(reader, writer)
+        try:
+            writer.write(head % len(payload) + payload)
+            status_line = await reader.readline()
+            parts = status_line.split(b" ", 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+                raise ValueError(f"not an HTTP response: {status_line[:60]!r}")
+            self.status = int(parts[1])
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"transfer-encoding" and b"chunked" in value.lower():
+                    self.chunked = True
+                elif name == b"content-length":
+                    self.length = int(value.strip())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def body(self) -> AsyncIterator[bytes]:
+        reader = self.reader
+        if not self.chunked:
+            remaining = self.length
+            while remaining is None or remaining > 0:
+                data = await reader.read(65536 if remaining is None else min(65536, remaining))
+                if not data:
+                    if remaining:
+                        raise asyncio.IncompleteReadError(b"", remaining)
+                    return
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+            return
+        buf = b""
+        need = -1  # bytes left in the current chunk; -1: a size line comes next
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise asyncio.IncompleteReadError(buf, None)
+            buf += data
+            out = []
+            pos = 0
+            while True:
+                if need > 0:
+                    take = min(need, len(buf) - pos)
+                    out.append(buf[pos : pos + take])
+                    pos += take
+                    need -= take
+                    if need:
+                        break
+                    need = -2  # the chunk's trailing CRLF
+                if need == -2:
+                    if len(buf) - pos < 2:
+                        break
+                    pos += 2
+                    need = -1
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    break
+                size = int(buf[pos:end].split(b";", 1)[0], 16)
+                pos = end + 2
+                if size == 0:
+                    if out:
+                        yield b"".join(out)
+                    return
+                need = size
+            buf = buf[pos:]
+            if out:
+                yield b"".join(out)
+
+    def close(self) -> None:
+        self.writer.close()

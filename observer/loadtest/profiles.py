@@ -23,12 +23,34 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from observer.load.population import synth_text
+from observer.load.population import _FILLER
+
+# Prompt text is sliced out of one pseudo-random corpus: building a 4,000-token RAG prompt word by
+# word costs about a millisecond, which at hundreds of requests per second would be the driver's
+# own bottleneck. A random offset keeps prompts distinct (no accidental prefix-cache hits); a
+# shared prefix is the slice at an offset fixed by its id (deliberate hits, like a system prompt).
+_CORPUS = " ".join(random.Random(20240607).choices(_FILLER, k=120_000))
+CHARS_PER_TOKEN = 4
+
+
+def synth_text(tokens: int, rng: random.Random, prefix_id: str = "") -> str:
+    """About ``tokens`` tokens of text (4 characters each)."""
+    size = min(max(1, tokens) * CHARS_PER_TOKEN, len(_CORPUS))
+    span = len(_CORPUS) - size
+    offset = _prefix_offset(prefix_id, span) if prefix_id else rng.randrange(span + 1)
+    return _CORPUS[offset : offset + size]
+
+
+@cache
+def _prefix_offset(prefix_id: str, span: int) -> int:
+    return random.Random(prefix_id).randrange(span + 1)
+
 
 KINDS = ("chat", "rag", "tools", "code", "adversarial")
 
