@@ -1,30 +1,40 @@
-"""Panel helpers over grafanalib that emit the modern Grafana dashboard model.
+"""Panel constructors and the board model, emitting Grafana's classic (v1) dashboard JSON.
 
-grafanalib (0.7.1, unmaintained) builds the object tree; its JSON is then modernized:
-``schemaVersion`` 39, datasource objects bound to a ``datasource`` variable, no legacy fields
-(``rows``, ``style``, ``hideControls``, ``sharedCrosshair``, target ``query``/``step``/
-``intervalFactor``...), current option sets for gauge, bar gauge and heatmap, absolute thresholds
-drawn from the settings, a unit and a description on every panel, and a stable uid.
+Plain dicts in the shape of Grafana 11.2's schema (checked field by field against
+``grafana-foundation-sdk`` by the tests). Rules of truthfulness applied here, once:
+- a threshold set starts with the colour of the *good* end: green when high is bad, red when low is
+  bad; a value with no good or bad direction is drawn in a neutral fixed colour;
+- stats query a range, so their sparkline has points to draw; gauges and tables read one instant;
+- units are Grafana unit ids (``suffix:``/``count:``/``currency:`` forms for custom ones).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from grafanalib import core as G
-from grafanalib._gen import DashboardEncoder
+from alerts.promql import histogram_quantile
 
 SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
-PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text", "row"}
-GREEN, ORANGE, RED = "green", "orange", "red"
+PANEL_TYPES = {"timeseries", "stat", "gauge", "bargauge", "table", "heatmap", "text", "row", "alertlist"}
+GREEN, ORANGE, RED, NEUTRAL = "green", "orange", "red", "blue"
+RI = "$__rate_interval"
+TAG = "llm-observer"
+# Currencies Grafana has a unit id for (valueFormats/categories.ts); any other uses `currency:<CODE>`.
+BUILTIN_CURRENCIES = {
+    "USD", "GBP", "EUR", "JPY", "RUB", "UAH", "BRL", "DKK", "ISK", "NOK", "SEK", "CZK", "CHF", "PLN",
+    "BTC", "ZAR", "INR", "KRW", "IDR", "PHP", "VND", "TRY", "MYR", "XPF", "BGN", "PYG", "UYU", "ILS",
+}  # fmt: skip
+
+
+def currency_unit(code: str) -> str:
+    return f"currency{code}" if code in BUILTIN_CURRENCIES else f"currency:{code}"
 
 
 @dataclass
 class Q:
-    """One query: PromQL, legend, and whether it is read at one instant (stat/gauge/table)."""
+    """One query: PromQL, legend, and whether it is read at one instant (gauge/table)."""
 
     expr: str
     legend: str = ""
@@ -34,22 +44,38 @@ class Q:
 
 @dataclass
 class Panel:
-    kind: str  # timeseries | stat | gauge | bargauge | table | heatmap | text
+    kind: str  # timeseries | stat | gauge | bargauge | table | heatmap | text | alertlist
     title: str
     description: str
     unit: str = "none"
     queries: list[Q] = field(default_factory=list)
     w: int = 12
     h: int = 8
-    thresholds: list[tuple[float, str]] | None = None  # (value, color) above the green base
+    # Steps above the base colour, ascending: (value, colour).
+    thresholds: list[tuple[float, str]] | None = None
+    # Which end is bad: "high" (base green), "low" (base red), or None (neutral, no colouring).
+    bad: str | None = "high"
     threshold_lines: bool = False  # draw thresholds as lines on time series
     min: float | None = None
     max: float | None = None
     stack: bool = False
     content: str = ""  # text panels (markdown)
     transformations: list[dict[str, Any]] = field(default_factory=list)
+    overrides: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # panel-specific extras (alertlist)
     # Why a panel may legitimately show no data in a healthy demo (checked by the tests).
     may_be_empty: str | None = None
+
+    @property
+    def base(self) -> str:
+        if self.thresholds is None or self.bad is None:
+            return NEUTRAL
+        return GREEN if self.bad == "high" else RED
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [{"color": self.base, "value": None}] + [
+            {"color": color, "value": value} for value, color in (self.thresholds or [])
+        ]
 
 
 @dataclass
@@ -58,100 +84,168 @@ class Row:
     panels: list[Panel]
 
 
-def _grafanalib_panel(p: Panel, grid: G.GridPos, pid: int) -> Any:
-    targets = [
-        G.Target(expr=q.expr, legendFormat=q.legend, refId=chr(ord("A") + i), instant=q.instant, format=q.fmt)
-        for i, q in enumerate(p.queries)
+# --- constructors -----------------------------------------------------------------------------------
+
+
+def stat(
+    title: str, description: str, unit: str, expr: str, legend: str = "", w: int = 4, h: int = 4, **kw: Any
+) -> Panel:
+    """A single value with its sparkline (a range query, reduced to its last value)."""
+    return Panel("stat", title, description, unit, [Q(expr, legend)], w=w, h=h, **kw)
+
+
+def gauge(title: str, description: str, unit: str, expr: str, legend: str = "", **kw: Any) -> Panel:
+    return Panel("gauge", title, description, unit, [Q(expr, legend, instant=True)], **kw)
+
+
+def timeseries(title: str, description: str, unit: str, queries: list[Q], **kw: Any) -> Panel:
+    return Panel("timeseries", title, description, unit, queries, **kw)
+
+
+def percentiles(
+    title: str,
+    description: str,
+    metric: str,
+    selector: str,
+    qs: tuple[float, ...] = (0.5, 0.95, 0.99),
+    **kw: Any,
+) -> Panel:
+    """Quantiles of a latency histogram, built by the same helper as the recording rules."""
+    queries = [Q(histogram_quantile(q, metric, selector, RI), f"p{round(q * 100)}") for q in qs]
+    return timeseries(title, description, "s", queries, **kw)
+
+
+def column(name: str, unit: str, **props: Any) -> dict[str, Any]:
+    """A table column override: its unit and any other field property (links, thresholds...)."""
+    properties = [{"id": "unit", "value": unit}] + [{"id": k, "value": v} for k, v in props.items()]
+    return {"matcher": {"id": "byName", "options": name}, "properties": properties}
+
+
+def board_links() -> list[dict[str, Any]]:
+    """Links to every board of the project (by tag), keeping the time range and variables."""
+    return [
+        {
+            "type": "dashboards",
+            "tags": [TAG],
+            "asDropdown": False,
+            "includeVars": True,
+            "keepTime": True,
+            "title": "LLM Observer",
+            "icon": "external link",
+            "targetBlank": False,
+            "tooltip": "",
+            "url": "",
+        }
     ]
-    common = {"title": p.title, "description": p.description, "gridPos": grid, "id": pid, "dataSource": DS}
-    if p.kind == "timeseries":
-        return G.TimeSeries(
-            targets=targets,
-            unit=p.unit,
-            stacking={"mode": "normal"} if p.stack else {},
-            fillOpacity=25 if p.stack else 8,
-            legendDisplayMode="table",
-            legendCalcs=["lastNotNull", "max"],
-            tooltipMode="multi",
-            **common,
-        )
-    if p.kind == "stat":
-        return G.Stat(targets=targets, format=p.unit, reduceCalc="lastNotNull", **common)
-    if p.kind == "gauge":
-        return G.GaugePanel(targets=targets, format=p.unit, **common)
-    if p.kind == "bargauge":
-        return G.BarGauge(targets=targets, format=p.unit, orientation="horizontal", **common)
-    if p.kind == "table":
-        return G.Table(targets=targets, unit=p.unit, transformations=p.transformations, **common)
-    if p.kind == "heatmap":
-        return G.Heatmap(targets=targets, **common)
-    if p.kind == "text":
-        return G.Text(
-            content=p.content, mode="markdown", **{k: v for k, v in common.items() if k != "dataSource"}
-        )
-    raise ValueError(f"unknown panel kind {p.kind!r}")
 
 
-def _thresholds(p: Panel) -> dict[str, Any]:
-    steps: list[dict[str, Any]] = [{"color": GREEN, "value": None}]
-    steps += [{"color": color, "value": value} for value, color in (p.thresholds or [])]
-    return {"mode": "absolute", "steps": steps}
+# --- JSON ---------------------------------------------------------------------------------------------
 
 
-def _modern_panel(raw: dict[str, Any], p: Panel) -> dict[str, Any]:
-    """Rewrite grafanalib's panel JSON into the current model (fields Grafana 10-12 expect)."""
+def _target(q: Q, i: int) -> dict[str, Any]:
+    return {
+        "datasource": DS,
+        "refId": chr(ord("A") + i),
+        "expr": q.expr,
+        "legendFormat": q.legend or "__auto",
+        "range": not q.instant,
+        "instant": q.instant,
+        "format": q.fmt,
+        "editorMode": "code",
+    }
+
+
+def _panel_json(p: Panel, pid: int, grid: dict[str, int], alertmanager_uid: str) -> dict[str, Any]:
     panel: dict[str, Any] = {
-        "id": raw["id"],
-        "type": raw["type"],
+        "id": pid,
+        "type": p.kind,
         "title": p.title,
         "description": p.description,
-        "gridPos": raw["gridPos"],
+        "gridPos": grid,
     }
     if p.kind == "text":
         panel["options"] = {"mode": "markdown", "content": p.content}
         return panel
-    panel["datasource"] = DS
-    panel["targets"] = [
-        {
-            "datasource": DS,
-            "refId": t["refId"],
-            "expr": t["expr"],
-            "legendFormat": t.get("legendFormat") or "__auto",
-            "range": not q.instant,
-            "instant": q.instant,
-            "format": q.fmt,
-            "editorMode": "code",
+    if p.kind == "alertlist":
+        panel["datasource"] = {"type": "alertmanager", "uid": alertmanager_uid}
+        panel["options"] = {
+            "viewMode": "list",
+            "groupMode": "default",
+            "groupBy": [],
+            "maxItems": 50,
+            "sortOrder": 3,
+            "dashboardAlerts": False,
+            "alertName": "",
+            "alertInstanceLabelFilter": "",
+            "stateFilter": {"firing": True, "pending": True, "noData": False, "normal": False, "error": True},
+            **p.options,
         }
-        for t, q in zip(raw["targets"], p.queries, strict=True)
-    ]
-    defaults: dict[str, Any] = {"unit": p.unit, "thresholds": _thresholds(p), "mappings": []}
+        return panel
+    panel["datasource"] = DS
+    panel["targets"] = [_target(q, i) for i, q in enumerate(p.queries)]
+    defaults: dict[str, Any] = {"unit": p.unit, "mappings": []}
+    if p.kind != "heatmap":  # the heatmap ignores standard field options; its unit is yAxis.unit
+        defaults["thresholds"] = {"mode": "absolute", "steps": p.steps()}
     if p.min is not None:
         defaults["min"] = p.min
     if p.max is not None:
         defaults["max"] = p.max
-    options: dict[str, Any]
     reduce = {"calcs": ["lastNotNull"], "fields": "", "values": False}
+    coloured = {"mode": "thresholds"} if p.base != NEUTRAL else {"mode": "fixed", "fixedColor": NEUTRAL}
+    options: dict[str, Any]
     if p.kind == "timeseries":
-        custom = dict(raw["fieldConfig"]["defaults"]["custom"])
-        custom["thresholdsStyle"] = {"mode": "line+area" if p.threshold_lines else "off"}
-        custom.pop("axisSoftMin", None)
-        custom.pop("axisSoftMax", None)
-        defaults["custom"] = custom
         defaults["color"] = {"mode": "palette-classic"}
-        options = raw["options"]
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineInterpolation": "linear",
+            "lineWidth": 1,
+            "fillOpacity": 25 if p.stack else 8,
+            "gradientMode": "none",
+            "showPoints": "never",
+            "pointSize": 4,
+            "spanNulls": False,
+            "axisPlacement": "auto",
+            "axisLabel": "",
+            "scaleDistribution": {"type": "linear"},
+            "stacking": {"mode": "normal" if p.stack else "none", "group": "A"},
+            "thresholdsStyle": {"mode": "line+area" if p.threshold_lines else "off"},
+            "hideFrom": {"legend": False, "tooltip": False, "viz": False},
+        }
+        options = {
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": ["lastNotNull", "max"],
+            },
+            "tooltip": {"mode": "multi", "sort": "none"},
+        }
     elif p.kind == "stat":
-        defaults["color"] = {"mode": "thresholds"}
-        options = {**raw["options"], "reduceOptions": reduce}
-    elif p.kind == "gauge":
-        defaults["color"] = {"mode": "thresholds"}
+        defaults["color"] = coloured
+        ranged = any(not q.instant for q in p.queries)
         options = {
             "reduceOptions": reduce,
-            "showThresholdMarkers": True,
+            "graphMode": "area" if ranged else "none",
+            "colorMode": "value",
+            "justifyMode": "auto",
+            "textMode": "auto",
+            "orientation": "auto",
+            "wideLayout": True,
+            "showPercentChange": False,
+        }
+    elif p.kind == "gauge":
+        defaults["color"] = coloured
+        options = {
+            "reduceOptions": reduce,
+            "showThresholdMarkers": p.base != NEUTRAL,
             "showThresholdLabels": False,
             "orientation": "auto",
+            "sizing": "auto",
+            "minVizWidth": 75,
+            "minVizHeight": 75,
         }
     elif p.kind == "bargauge":
-        defaults["color"] = {"mode": "thresholds"}
+        defaults["color"] = coloured
         options = {
             "reduceOptions": reduce,
             "orientation": "horizontal",
@@ -160,12 +254,16 @@ def _modern_panel(raw: dict[str, Any], p: Panel) -> dict[str, Any]:
             "valueMode": "color",
             "namePlacement": "auto",
             "sizing": "auto",
+            "minVizWidth": 8,
+            "minVizHeight": 16,
+            "maxVizHeight": 300,
         }
     elif p.kind == "table":
         defaults["custom"] = {"align": "auto", "cellOptions": {"type": "auto"}, "filterable": True}
-        options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}}
+        options = {"showHeader": True, "cellHeight": "sm", "footer": {"show": False, "reducer": ["sum"]}}
         panel["transformations"] = p.transformations
     elif p.kind == "heatmap":
+        defaults.pop("unit")
         defaults["custom"] = {
             "scaleDistribution": {"type": "linear"},
             "hideFrom": {"legend": False, "tooltip": False, "viz": False},
@@ -187,34 +285,48 @@ def _modern_panel(raw: dict[str, Any], p: Panel) -> dict[str, Any]:
             "filterValues": {"le": 1e-9},
         }
     else:
-        raise ValueError(p.kind)
-    panel["fieldConfig"] = {"defaults": defaults, "overrides": []}
+        raise ValueError(f"unknown panel kind {p.kind!r}")
+    panel["fieldConfig"] = {"defaults": defaults, "overrides": p.overrides}
     panel["options"] = options
     return panel
 
 
-def _variable(name: str, label: str, query: str) -> G.Template:
-    return G.Template(
-        name=name,
-        label=label,
-        query=query,
-        dataSource=DS,
-        includeAll=True,
-        multi=True,
-        allValue=".+",
-        refresh=2,
-        sort=1,
-    )
+def _variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-var"},
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".+",
+        "sort": 1,
+        "hide": 0,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "regex": "",
+    }
 
 
-def variables(job_query: str, instance_query: str, model_query: str) -> list[G.Template]:
-    ds = G.Template(name="datasource", label="Data source", query="prometheus", type="datasource")
-    return [
-        ds,
-        _variable("job", "Job", job_query),
-        _variable("instance", "Instance", instance_query),
-        _variable("model", "Model", model_query),
+def variables(job: str, instance: str, model: str | None = None) -> list[dict[str, Any]]:
+    """Data source, job and instance (and model where the board filters by it) variables."""
+    out = [
+        {
+            "type": "datasource",
+            "name": "datasource",
+            "label": "Data source",
+            "query": "prometheus",
+            "refresh": 1,
+            "hide": 0,
+            "current": {},
+        },
+        _variable("job", "Job", job),
+        _variable("instance", "Instance", instance),
     ]
+    if model is not None:
+        out.append(_variable("model", "Model", model))
+    return out
 
 
 @dataclass
@@ -224,98 +336,39 @@ class Board:
     description: str
     tags: list[str]
     rows: list[Row]
-    templates: list[G.Template]
+    templates: list[dict[str, Any]]
     refresh: str = "30s"
     time_from: str = "now-3h"
+    alertmanager_uid: str = "alertmanager"
 
     def panels(self) -> list[Panel]:
         return [p for r in self.rows for p in r.panels]
 
     def build(self) -> dict[str, Any]:
-        """grafanalib object tree -> JSON -> the modern model, laid out on the 24-column grid."""
-        objects: list[Any] = []
-        specs: dict[int, Panel] = {}
+        """Rows and panels laid out on the 24-column grid, as the classic dashboard model."""
+        panels: list[dict[str, Any]] = []
         y, pid = 0, 1
         for row in self.rows:
-            objects.append(G.RowPanel(title=row.title, gridPos=G.GridPos(h=1, w=24, x=0, y=y), id=pid))
-            pid += 1
-            y += 1
+            panels.append(
+                {
+                    "id": pid,
+                    "type": "row",
+                    "title": row.title,
+                    "collapsed": False,
+                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                    "panels": [],
+                }
+            )
+            pid, y = pid + 1, y + 1
             x, line_h = 0, 0
             for p in row.panels:
                 if x + p.w > 24:
-                    x, y = 0, y + line_h
-                    line_h = 0
-                objects.append(_grafanalib_panel(p, G.GridPos(h=p.h, w=p.w, x=x, y=y), pid))
-                specs[pid] = p
-                pid += 1
-                x += p.w
-                line_h = max(line_h, p.h)
-            y += line_h
-        dashboard = G.Dashboard(
-            title=self.title,
-            uid=self.uid,
-            description=self.description,
-            tags=self.tags,
-            panels=objects,
-            templating=G.Templating(list=self.templates),
-            time=G.Time(self.time_from, "now"),
-            refresh=self.refresh,
-            timezone="browser",
-            graphTooltip=1,
-            editable=True,
-        )
-        raw = json.loads(json.dumps(dashboard.to_json_data(), cls=DashboardEncoder))
-        return self._modernize(raw, specs)
-
-    def _modernize(self, raw: dict[str, Any], specs: dict[int, Panel]) -> dict[str, Any]:
-        panels = []
-        for p in raw["panels"]:
-            if p["type"] == "row":
+                    x, y, line_h = 0, y + line_h, 0
                 panels.append(
-                    {
-                        "id": p["id"],
-                        "type": "row",
-                        "title": p["title"],
-                        "collapsed": False,
-                        "gridPos": p["gridPos"],
-                        "panels": [],
-                    }
+                    _panel_json(p, pid, {"h": p.h, "w": p.w, "x": x, "y": y}, self.alertmanager_uid)
                 )
-            else:
-                panels.append(_modern_panel(p, specs[p["id"]]))
-        templates = []
-        for t in raw["templating"]["list"]:
-            if t["type"] == "datasource":
-                templates.append(
-                    {
-                        "type": "datasource",
-                        "name": "datasource",
-                        "label": t["label"],
-                        "query": "prometheus",
-                        "refresh": 1,
-                        "hide": 0,
-                        "current": {},
-                    }
-                )
-            else:
-                templates.append(
-                    {
-                        "type": "query",
-                        "name": t["name"],
-                        "label": t["label"],
-                        "datasource": DS,
-                        "query": {"query": t["query"], "refId": f"{t['name']}-var"},
-                        "definition": t["query"],
-                        "refresh": 2,
-                        "multi": True,
-                        "includeAll": True,
-                        "allValue": ".+",
-                        "sort": 1,
-                        "hide": 0,
-                        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
-                        "regex": "",
-                    }
-                )
+                pid, x, line_h = pid + 1, x + p.w, max(line_h, p.h)
+            y += line_h
         return {
             "id": None,
             "uid": self.uid,
@@ -332,7 +385,7 @@ class Board:
             "version": 1,
             "time": {"from": self.time_from, "to": "now"},
             "timepicker": {},
-            "links": [],
+            "links": board_links(),
             "annotations": {
                 "list": [
                     {
@@ -346,6 +399,34 @@ class Board:
                     }
                 ]
             },
-            "templating": {"list": templates},
+            "templating": {"list": self.templates},
             "panels": panels,
         }
+
+
+# --- selectors shared by the boards ----------------------------------------------------------------------
+
+ENGINE = 'job=~"$job",instance=~"$instance",model=~"$model"'
+TARGET = 'job=~"$job",instance=~"$instance"'
+
+
+def engine_variables() -> list[dict[str, Any]]:
+    return variables(
+        "label_values(llm_engine_up, job)",
+        'label_values(llm_engine_up{job=~"$job"}, instance)',
+        'label_values(llm_requests_running{job=~"$job",instance=~"$instance"}, model)',
+    )
+
+
+def business_variables(with_model: bool) -> list[dict[str, Any]]:
+    return variables(
+        "label_values(llm_active_users, job)",
+        'label_values(llm_active_users{job=~"$job"}, instance)',
+        "label_values(llm_usage_requests_total, model)" if with_model else None,
+    )
+
+
+def burn_thresholds(windows: list[Any]) -> list[tuple[float, str]]:
+    """Burn-rate lines at each pair's factor: red where it pages, orange where it opens a ticket."""
+    steps = {w.factor: (RED if w.severity == "critical" else ORANGE) for w in windows}
+    return sorted(steps.items())

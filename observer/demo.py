@@ -59,7 +59,14 @@ def view(stack: Stack, elapsed: float) -> Group:
     for i, e in enumerate(stack.engines):
         inst = e.url.removeprefix("http://")
         k = kv.get(inst)
-        style = "red" if k and k >= 0.95 else "yellow" if k and k >= 0.8 else "green"
+        slo = stack.options.settings.slo  # the alert thresholds, as on the dashboards
+        style = (
+            "red"
+            if k and k > slo.kv_cache_critical_ratio
+            else "yellow"
+            if k and k > slo.kv_cache_warning_ratio
+            else "green"
+        )
         engines.add_row(
             f"engine-{i}",
             models.get(inst, ""),

@@ -11,6 +11,7 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/
   || need+=(prometheus-alertmanager)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)  # also vmalert, vmagent
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # loadtest HTML report test
+command -v npm >/dev/null 2>&1 || need+=(npm)  # Grafana's own front-end logic (dashboard tests)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -29,4 +30,11 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   .venv/bin/python -m pip install -q -e '.[dev]'
   rm -f .venv/.installed-* && touch "$stamp"
+fi
+
+# @grafana/data (pinned in its package-lock.json): dashboards are rendered by Grafana's own code in tests.
+logic=dashboards/grafana_logic
+if [ ! -f "$logic/node_modules/.package-lock.json" ] || ! cmp -s "$logic/package-lock.json" "$logic/.installed-lock"; then
+  npm ci --prefix "$logic" --no-audit --no-fund --silent
+  cp "$logic/package-lock.json" "$logic/.installed-lock"
 fi
