@@ -36,7 +36,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._head_bytes = 0
+        self._in_head = True  # the parser is between messages or inside a request head
+        self._head_bytes, self._head_tail = 0, b""
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_deadline()
         if len(self.connections) > self.max_connections:
@@ -48,7 +49,6 @@ class GuardedProtocol(HttpToolsProtocol):
     def _arm_head_deadline(self) -> None:
         self._cancel_head_deadline()
         self._head_since = time.monotonic()
-        self._head_bytes = 0
         self._head_timer = self.loop.call_later(self.header_timeout_s, self._head_deadline)
 
     def _cancel_head_deadline(self) -> None:
@@ -72,8 +72,12 @@ class GuardedProtocol(HttpToolsProtocol):
             min(waiting, key=lambda c: c._head_since).transport.close()
 
     def data_received(self, data: bytes) -> None:
-        if self._waiting_for_head():
-            self._head_bytes += len(data)
+        if self._in_head:
+            # Only the bytes up to the blank line end the head; what follows in the chunk is body.
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else max(0, end + 4 - len(self._head_tail))
+            self._head_tail = data[-3:]
             if self._head_bytes > self.max_header_bytes:
                 self._cancel_head_deadline()
                 self.transport.write(
@@ -85,8 +89,13 @@ class GuardedProtocol(HttpToolsProtocol):
         super().data_received(data)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._cancel_head_deadline()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_head, self._head_bytes, self._head_tail = True, 0, b""
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
