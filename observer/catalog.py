@@ -124,6 +124,48 @@ VLLM_ITL_BUCKETS = (
     80.0,
 )
 VLLM_ITERATION_TOKENS_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+VLLM_PARAMS_N_BUCKETS = (1, 2, 5, 10, 20)
+VLLM_NUM_PREEMPTIONS_BUCKETS = (1, 2, 3, 4, 5, 10, 20)
+# CacheConfig fields as vllm:cache_config_info labels in 0.32 (tests/fixtures/engines/real/).
+VLLM_CACHE_CONFIG_LABELS = (
+    "_block_size_resolved",
+    "block_size",
+    "cache_dtype",
+    "cache_hit_alignment_tokens",
+    "effective_attention_block_size",
+    "enable_mamba_shared_prefix_checkpoint",
+    "enable_prefix_caching",
+    "engine",
+    "gpu_memory_utilization",
+    "hash_block_size",
+    "is_attention_free",
+    "kv_cache_dtype_skip_layers",
+    "kv_cache_layout",
+    "kv_cache_max_concurrency",
+    "kv_cache_memory_bytes",
+    "kv_cache_size_tokens",
+    "kv_offloading_backend",
+    "kv_offloading_size",
+    "kv_sharing_fast_prefill",
+    "mamba_block_size",
+    "mamba_cache_dtype",
+    "mamba_cache_mode",
+    "mamba_page_size_padded",
+    "mamba_ssm_cache_dtype",
+    "num_cpu_blocks",
+    "num_gpu_blocks",
+    "num_gpu_blocks_override",
+    "prefix_cache_retention_interval",
+    "prefix_caching_hash_algo",
+    "prefix_match_unit",
+    "replayssm_buffer_len",
+    "skip_page_size_padded",
+    "sliding_window",
+    "swa_bounded_replay",
+    "use_kda_recoverssm",
+    "use_replayssm",
+    "user_specified_block_size",
+)
 
 
 def vllm_request_tokens_buckets(max_model_len: int) -> tuple[float, ...]:
@@ -146,7 +188,8 @@ def _vllm(name: str, type_: MetricType, help_: str, extra: Sequence[str] = (), b
     return MetricSpec(name, type_, help_, labels=(*_V, *extra), buckets=buckets, schema="vllm", owned=False)
 
 
-# The subset of vLLM V1 (0.11+) that the simulator emits, names/help/labels/buckets as vLLM has them.
+# The vLLM V1 families the simulator emits, names/help/labels/buckets as vLLM 0.32 has them (a test diffs
+# the simulator's /metrics against a real 0.32 capture).
 VLLM_V1: tuple[MetricSpec, ...] = (
     _vllm("vllm:num_requests_running", "gauge", "Number of requests in model execution batches."),
     _vllm("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed."),
@@ -236,21 +279,90 @@ VLLM_V1: tuple[MetricSpec, ...] = (
         "Histogram of the max_tokens request parameter.",
         buckets=(),
     ),
-    # vLLM emulates Info with a gauge (multiprocess mode); its labels are CacheConfig fields.
+    _vllm(
+        "vllm:num_requests_waiting_by_reason",
+        "gauge",
+        "Number of waiting requests by reason. Reason labels: 'capacity' = waiting for scheduling capacity; "
+        "'deferred' = deferred by transient constraints (LoRA budget, KV transfer, blocked status). "
+        "Sum of all reasons equals vllm:num_requests_waiting.",
+        ("reason",),
+    ),
+    _vllm(
+        "vllm:engine_sleep_state",
+        "gauge",
+        "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine is awake; "
+        "weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep level 2.",
+        ("sleep_state",),
+    ),
+    _vllm(
+        "vllm:external_prefix_cache_queries_total",
+        "counter",
+        "External prefix cache queries from KV connector cross-instance cache sharing, in terms of number "
+        "of queried tokens.",
+    ),
+    _vllm(
+        "vllm:external_prefix_cache_hits_total",
+        "counter",
+        "External prefix cache hits from KV connector cross-instance cache sharing, in terms of number of "
+        "cached tokens.",
+    ),
+    _vllm(
+        "vllm:mm_cache_queries_total",
+        "counter",
+        "Multi-modal cache queries, in terms of number of queried items.",
+    ),
+    _vllm(
+        "vllm:mm_cache_hits_total", "counter", "Multi-modal cache hits, in terms of number of cached items."
+    ),
+    _vllm("vllm:prompt_tokens_by_source_total", "counter", "Number of prompt tokens by source.", ("source",)),
+    _vllm("vllm:prompt_tokens_cached_total", "counter", "Number of cached prompt tokens (local + external)."),
+    _vllm(
+        "vllm:prompt_tokens_cached_by_source_total",
+        "counter",
+        "Prefix-cache hit tokens by the cache tier that supplied them: device (local HBM), host (offloaded "
+        "to DRAM), disk, p2p (transferred from another vLLM instance) or external_unspecified. Counted at "
+        "admission; sums to vllm:prefix_cache_hits + vllm:external_prefix_cache_hits.",
+        ("source",),
+    ),
+    # No engine label: rejected before an engine is chosen.
+    MetricSpec(
+        "vllm:admission_rejections_total",
+        "counter",
+        "Number of admission attempts rejected by a queue limit, by reason.",
+        labels=("model_name", "reason"),
+        schema="vllm",
+        owned=False,
+    ),
+    _vllm(
+        "vllm:request_max_num_generation_tokens",
+        "histogram",
+        "Histogram of maximum number of requested generation tokens.",
+        buckets=(),
+    ),
+    _vllm(
+        "vllm:request_params_n",
+        "histogram",
+        "Histogram of the n request parameter.",
+        buckets=VLLM_PARAMS_N_BUCKETS,
+    ),
+    _vllm(
+        "vllm:request_num_preemptions",
+        "histogram",
+        "Histogram of the number of times a request was preempted.",
+        buckets=VLLM_NUM_PREEMPTIONS_BUCKETS,
+    ),
+    _vllm(
+        "vllm:request_prefill_kv_computed_tokens",
+        "histogram",
+        "Histogram of new KV tokens computed during prefill (excluding cached tokens).",
+        buckets=(),
+    ),
+    # vLLM emulates Info with a gauge (multiprocess mode); its labels are CacheConfig fields (0.32).
     MetricSpec(
         "vllm:cache_config_info",
         "gauge",
         "Information of the LLMEngine CacheConfig",
-        labels=(
-            "block_size",
-            "cache_dtype",
-            "enable_prefix_caching",
-            "engine",
-            "gpu_memory_utilization",
-            "num_cpu_blocks",
-            "num_gpu_blocks",
-            "prefix_caching_hash_algo",
-        ),
+        labels=VLLM_CACHE_CONFIG_LABELS,
         schema="vllm",
         owned=False,
     ),

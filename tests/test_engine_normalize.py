@@ -125,6 +125,41 @@ def test_vllm_newest_sre_families():
     assert not any(n.endswith("_created") for n in names(m))
 
 
+def test_vllm_real_0_32_capture_agrees_with_its_own_counters():
+    """The real vLLM 0.32 capture (tests/fixtures/engines/real/README.md): every normalized value equals
+    the engine's own sample it comes from."""
+    raw = {}
+    for fam in text_string_to_metric_families((FIXTURES / "real" / "vllm-0.32.0-load.txt").read_text()):
+        for s in fam.samples:
+            raw[(s.name, frozenset(s.labels.items()))] = s.value
+
+    def r(name, **labels):
+        return raw[(name, frozenset({"engine": "0", "model_name": "tiny-llama", **labels}.items()))]
+
+    m = probe_fixture("real/vllm-0.32.0-load.txt")
+    t = {"model": "tiny-llama", "dp_rank": "0"}
+    assert v(m, "llm_engine_info", kind="vllm", schema="v1", **t) == 1
+    assert v(m, "llm_requests_running", **t) == r("vllm:num_requests_running") == 7
+    assert v(m, "llm_requests_waiting", **t) == r("vllm:num_requests_waiting") == 1
+    assert v(m, "llm_requests_waiting_by_reason", reason="capacity", **t) == 1
+    assert v(m, "llm_kv_cache_usage_ratio", **t) == r("vllm:kv_cache_usage_perc")
+    assert v(m, "llm_kv_cache_capacity_tokens", **t) == 3072  # kv_cache_size_tokens (24 blocks x 128)
+    assert v(m, "llm_engine_sleeping", **t) == 0
+    assert v(m, "llm_prompt_tokens_total", **t) == r("vllm:prompt_tokens_total") == 4655
+    # vLLM's prompt counter already includes cache hits: computed + cached by source adds up to it.
+    computed = r("vllm:prompt_tokens_by_source_total", source="local_compute")
+    assert computed + v(m, "llm_prompt_tokens_cached_total", **t) == 4655
+    assert v(m, "llm_generation_tokens_total", **t) == r("vllm:generation_tokens_total")
+    for reason in ("stop", "length", "abort", "error", "repetition"):
+        expected = r("vllm:request_success_total", finished_reason=reason)
+        assert v(m, "llm_requests_finished_total", finished_reason=reason, **t) == expected
+    for reason in ("max_num_queued_reqs", "max_num_queued_tokens"):  # no engine label upstream: rank 0
+        assert v(m, "llm_admission_rejections_total", reason=reason, **t) == 0
+    assert v(m, "llm_request_prompt_tokens_sum", **t) == r("vllm:request_prompt_tokens_sum")
+    assert v(m, "llm_request_generation_tokens_count", **t) == 9
+    assert v(m, "llm_time_to_first_token_seconds_count", **t) == r("vllm:time_to_first_token_seconds_count")
+
+
 def test_sglang_0_5_old_tp_ranks_collapse_and_reasons():
     m = probe_fixture("sglang-0.5.txt")
     assert v(m, "llm_engine_info", kind="sglang", schema="v1", **L8) == 1
@@ -301,7 +336,7 @@ def promtool_check(text: str) -> str:
     return (result.stdout + result.stderr).strip() if result.returncode else ""
 
 
-@pytest.mark.parametrize("fixture", sorted(f.name for f in FIXTURES.rglob("*.txt")))
+@pytest.mark.parametrize("fixture", sorted(str(f.relative_to(FIXTURES)) for f in FIXTURES.rglob("*.txt")))
 def test_promtool_accepts_the_engine_exporter_output(fixture):
     text = render_probe(normalize((FIXTURES / fixture).read_text(), default_model="m"), True, 0.01)
     assert "_total" in text

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from observer.catalog import VLLM_CACHE_CONFIG_LABELS
 from observer.config import SimulatorSettings
 from observer.simulator.metrics import VllmMetrics
 from observer.simulator.scheduler import Phase, Scheduler, SimRequest, StepModel
@@ -34,6 +35,43 @@ def prefix_block_hashes(text: str, block_size: int) -> tuple[int, ...]:
         digest = hashlib.blake2b(digest + text[i * chunk : (i + 1) * chunk].encode(), digest_size=8).digest()
         out.append(int.from_bytes(digest, "little"))
     return tuple(out)
+
+
+def cache_config_labels(settings: SimulatorSettings) -> dict[str, str]:
+    """vllm:cache_config_info labels as vLLM 0.32 renders its CacheConfig (str() of each field)."""
+    tokens = settings.num_gpu_blocks * settings.block_size
+    max_len = max(1, settings.max_model_len)
+    labels = dict.fromkeys(VLLM_CACHE_CONFIG_LABELS, "None")
+    labels.pop("engine")
+    labels.update(
+        {
+            "_block_size_resolved": "True",
+            "block_size": str(settings.block_size),
+            "cache_dtype": "auto",
+            "effective_attention_block_size": str(settings.block_size),
+            "enable_mamba_shared_prefix_checkpoint": "False",
+            "enable_prefix_caching": str(settings.enable_prefix_caching),
+            "gpu_memory_utilization": "0.9",
+            "is_attention_free": "False",
+            "kv_cache_dtype_skip_layers": "[]",
+            "kv_cache_max_concurrency": str(round(tokens / max_len, 2)),
+            "kv_cache_size_tokens": str(tokens),
+            "kv_offloading_backend": "native",
+            "kv_sharing_fast_prefill": "False",
+            "mamba_cache_dtype": "auto",
+            "mamba_cache_mode": "none",
+            "mamba_ssm_cache_dtype": "float32",
+            "num_gpu_blocks": str(settings.num_gpu_blocks),
+            "prefix_cache_retention_interval": "0",
+            "prefix_caching_hash_algo": "sha256",
+            "replayssm_buffer_len": "16",
+            "swa_bounded_replay": "True",
+            "use_kda_recoverssm": "False",
+            "use_replayssm": "False",
+            "user_specified_block_size": "False",
+        }
+    )
+    return labels
 
 
 @dataclass(eq=False)
@@ -79,15 +117,7 @@ class Engine:
             model=settings.model,
             engine=settings.data_parallel_rank,
             max_model_len=settings.max_model_len,
-            cache_config={
-                "block_size": str(settings.block_size),
-                "cache_dtype": "auto",
-                "enable_prefix_caching": str(settings.enable_prefix_caching),
-                "gpu_memory_utilization": "0.9",
-                "num_cpu_blocks": "None",
-                "num_gpu_blocks": str(settings.num_gpu_blocks),
-                "prefix_caching_hash_algo": "sha256",
-            },
+            cache_config=cache_config_labels(settings),
         )
         self.metrics.running.set(0)
         self.metrics.waiting.set(0)
@@ -178,7 +208,8 @@ class Engine:
         handle.done = True
         self._handles.pop(handle.req.request_id, None)
         if recorded:
-            self.metrics.on_finished(handle.req, handle.max_tokens_set)
+            params_n = (handle.params.get("n") or 1) if handle.index == 0 else None
+            self.metrics.on_finished(handle.req, handle.max_tokens_set, params_n)
             if self.tracer is not None:
                 self.tracer.record(handle, self._loop.time() if self._loop else time.monotonic())
         handle.ready.set()
