@@ -165,6 +165,9 @@ class CollectorSettings(_Section):
     json_expansion: float = Field(48.0, ge=1)  # 8 MiB of `[{},{},..]` parse to ~215 MiB, then to protobuf
     max_spans_per_request: int = Field(20_000, ge=1)  # counted before the full decode; 413 beyond
     max_json_depth: int = Field(64, ge=8)  # OTLP's own nesting is ~12 deep; deeper is AnyValue abuse
+    # Objects + arrays in one OTLP/JSON body (~45 per span): protobuf's JSON mapping is pure Python
+    # (~30k objects/s), so this bounds the seconds one JSON body can hold the GIL. Protobuf has no such cost.
+    max_json_nodes: int = Field(100_000, ge=1000)
     max_concurrent_ingests: int = Field(4, ge=1)  # decode+map+store at once (CPU-bound under the GIL)
     retry_after_s: int = Field(5, ge=1)
     # Slow clients: a request head must arrive within header_timeout_s and its body within

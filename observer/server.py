@@ -102,13 +102,14 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
     collector = Collector(store, cfg, registry)
     service = AnalyticsService(store, settings)
     service.register(registry)
-    otlp_limits.configure(cfg.max_spans_per_request, cfg.max_json_depth)
+    otlp_limits.configure(cfg.max_spans_per_request, cfg.max_json_depth, cfg.max_json_nodes)
     budget = MemoryBudget(cfg.inflight_budget_bytes)
-    ctx = Context(settings, store, collector, service, registry, Schema(store), budget, None)
+    ctx = Context(settings, store, collector, service, registry, Schema(store), budget, None, None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.ingest_slots = asyncio.Semaphore(cfg.max_concurrent_ingests)
+        ctx.json_slot = asyncio.Semaphore(1)
         _log_auth(cfg)
         await run_in_threadpool(ctx.schema.ensure)
         scheduler = _scheduler(ctx)

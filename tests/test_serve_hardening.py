@@ -479,7 +479,7 @@ def test_over_budget_answers_429_with_retry_after(tmp_path):
 
 
 def test_span_count_is_checked_before_decoding(tmp_path):
-    env = {"OBSERVER_COLLECTOR__MAX_SPANS_PER_REQUEST": "100"}
+    env = {"OBSERVER_COLLECTOR__MAX_SPANS_PER_REQUEST": "100", "OBSERVER_COLLECTOR__MAX_JSON_NODES": "1000"}
     with serve(tmp_path, env) as (base, _):
         ok = otlp_requests([f"d{i}" for i in range(50)])  # 100 spans
         assert httpx.post(base + "/v1/traces", content=ok, headers=PB).status_code == 200
@@ -490,6 +490,12 @@ def test_span_count_is_checked_before_decoding(tmp_path):
         assert r.status_code == 400  # protobuf bytes are not JSON; the JSON path counts too:
         doc = {"resourceSpans": [{"scopeSpans": [{"spans": [{}] * 101}]}]}
         assert httpx.post(base + "/v1/traces", json=doc).status_code == 413
+        # Parse cost: 700k empty objects took 24 s of pure-Python JSON mapping; now a node cap.
+        t = time.perf_counter()
+        r = httpx.post(base + "/v1/traces", json={"resourceSpans": [{}] * 1001})
+        assert r.status_code == 413 and "objects and arrays" in r.json()["message"]
+        assert time.perf_counter() - t < 5
+        assert httpx.post(base + "/v1/traces", json={"resourceSpans": [{}] * 900}).status_code == 200
 
 
 # --- slow clients -----------------------------------------------------------------------------------------

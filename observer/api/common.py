@@ -98,6 +98,7 @@ class Context:
     schema: Any  # observer.server.Schema (kept loose: the server module imports the routers)
     budget: MemoryBudget
     ingest_slots: Any  # asyncio.Semaphore, made on the server's event loop
+    json_slot: Any  # asyncio.Semaphore(1): JSON decoding is pure Python, one body at a time
 
 
 def context(request: Request) -> Context:

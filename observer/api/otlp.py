@@ -7,6 +7,8 @@ retryable 429 (memory budget exhausted) and 503 (store unavailable), both with R
 
 from __future__ import annotations
 
+import contextlib
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -32,8 +34,11 @@ async def traces(request: Request) -> Response:
         expansion = cfg.protobuf_expansion if kind == PROTOBUF else cfg.json_expansion
         encoding = request.headers.get("content-encoding")
         # Decoding and mapping are CPU-bound under the GIL: more at once (ingest_slots) only adds memory.
+        # JSON decoding is pure Python (protobuf's JSON mapping): one JSON body at a time, so a slow one
+        # delays other JSON senders, not the protobuf traffic.
         async with (
             read_body(ctx, request, cfg.max_body_bytes, expansion, encoding) as body,
+            ctx.json_slot if kind == JSON else contextlib.nullcontext(),
             ctx.ingest_slots,
         ):
             result = await run_in_threadpool(collector.ingest, body, kind)
