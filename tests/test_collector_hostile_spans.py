@@ -140,13 +140,7 @@ def test_hostile_values_never_fail_the_batch_or_poison_metrics(store, numbers, s
     while n := collector.count_finished():
         counted += n
     assert counted == 5
-    assert (
-        registry.get_sample_value(
-            "llm_usage_requests_total",
-            {"model": "acme/chat-8b", "department": "unknown", "outcome": "success"},
-        )
-        or 0 <= 5
-    )
+    assert sum(v for name, v in metric_values(registry) if name == "llm_usage_requests_total") == 5
     for name, value in metric_values(registry):
         assert math.isfinite(value) and value >= 0, (name, value)
     for row in store.recent(limit=5):
