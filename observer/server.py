@@ -99,7 +99,7 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
     store = Store(db_url or settings.store.url, settings.store.sqlite_busy_timeout_s)
     registry = CollectorRegistry()
     registry.register(PROCESS_COLLECTOR)
-    collector = Collector(store, cfg, registry)
+    collector = Collector(store, cfg, registry, retention_days=settings.store.retention_days)
     service = AnalyticsService(store, settings)
     service.register(registry)
     otlp_limits.configure(cfg.max_spans_per_request, cfg.max_json_depth, cfg.max_json_nodes)
