@@ -37,7 +37,7 @@ def test_host_ports_do_not_clash():
     seen: dict[str, str] = {}
     for name, svc in SERVICES.items():
         for port in svc.get("ports", []):
-            host = str(port).split(":")[0]
+            host = str(port).split(":")[-2]  # [bind address:]host port:container port
             assert host not in seen, f"host port {host} used by {seen[host]} and {name}"
             seen[host] = name
 
