@@ -70,6 +70,11 @@ def scenarios(settings: Settings) -> list[Scenario]:
     fors.update(settings.alerting.for_overrides)
     slo = settings.slo
     healthy = State(gpu_temp=slo.gpu_temperature_warning_celsius - 20)
+    # Incidents sized from the settings: well past the fastest page's burn factor, whatever the budget.
+    top_page = max((w.factor for w in slo.burn_windows if w.severity == "critical"), default=1.0)
+    spike_good = min(0.5, max(0.0, 1 - 1.5 * top_page * (1 - slo.ttft_objective)))  # share within target
+    spike_ttft = (*(min(c, spike_good) for c in (0.2, 0.3, 0.4)), spike_good, 0.9, 1.0, 1.0, 1.0)
+    burst = min(0.9, max(0.2, 2 * top_page * (1 - slo.error_objective)))  # share of requests failing
     onset = 60
 
     def after(incident: State) -> Callable[[int], State]:
@@ -88,7 +93,7 @@ def scenarios(settings: Settings) -> list[Scenario]:
             kv=(slo.kv_cache_critical_ratio + 1) / 2,
             gpu_temp=slo.gpu_temperature_warning_celsius - 20,
             waiting=min(60, 2 * (t - onset + 1)),
-            preemptions_per_s=0.5,
+            preemptions_per_s=slo.preemptions_per_second_threshold / 2,  # some, below the storm alert
             ttft=(0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95, 1),
         )
 
@@ -125,13 +130,15 @@ def scenarios(settings: Settings) -> list[Scenario]:
         Scenario(
             "TTFT spike from long prompts",
             90,
-            after(replace(healthy, ttft=(0.2, 0.3, 0.4, 0.5, 0.9, 1, 1, 1))),
+            after(replace(healthy, ttft=spike_ttft)),
             onset,
             ("LLMTimeToFirstTokenSpike", "LLMTimeToFirstTokenBudgetBurn"),
         ),
         Scenario("GPU lost", 90, after(replace(healthy, gpu_up=(True, False))), onset, ("GPULost",)),
         Scenario("engine crash", 90, after(replace(healthy, engine_up=False)), onset, ("LLMEngineDown",)),
-        Scenario("error burst", 90, after(replace(healthy, error_share=0.2)), onset, ("LLMErrorBudgetBurn",)),
+        Scenario(
+            "error burst", 90, after(replace(healthy, error_share=burst)), onset, ("LLMErrorBudgetBurn",)
+        ),
     ]
     page = [w for w in settings.slo.burn_windows if w.severity == "critical"]
     page_for = _duration_minutes(page[0].for_) if page else 0
@@ -145,9 +152,9 @@ def scenarios(settings: Settings) -> list[Scenario]:
 
     burn = {
         ("TTFT spike from long prompts", "LLMTimeToFirstTokenBudgetBurn"): burn_budget(
-            settings.slo.ttft_objective, 0.5
+            settings.slo.ttft_objective, 1 - spike_good
         ),
-        ("error burst", "LLMErrorBudgetBurn"): burn_budget(settings.slo.error_objective, 0.2),
+        ("error burst", "LLMErrorBudgetBurn"): burn_budget(settings.slo.error_objective, burst),
     }
     for c in cases:
         # Detection budget: the alert's "for" plus the 5-minute rate window it needs to see the change

@@ -313,11 +313,13 @@ def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):
             am.stop()
 
 
-def test_incident_scenarios_detected_in_time_and_nothing_unrelated(tmp_path):
-    """A normal diurnal day pages nobody; each incident fires its alert within budget, alone."""
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_incident_scenarios_detected_in_time_and_nothing_unrelated(name, tmp_path):
+    """A normal diurnal day pages nobody; each incident fires its alert within budget, alone, for the
+    defaults and for incidents and thresholds taken from the unusual settings."""
     from alerts.scenarios import run
 
-    results = run(Settings(), tmp_path, promtool=binary("promtool"))
+    results = run(SETTINGS[name], tmp_path, promtool=binary("promtool"))
     report = "\n".join(
         f"  {r.scenario:<30} {r.alert or '(no alert expected)':<32} "
         f"detected after {r.detected_after_min} min (budget {r.budget_min})"
