@@ -106,6 +106,10 @@ class Store:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
             with self.engine.begin() as conn:
+                if self.dialect == "postgresql":  # replicas starting together migrate one at a time
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key("observer:migrate")}
+                    )
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except (OperationalError, DBAPIError) as exc:
@@ -254,9 +258,10 @@ class Store:
         served: dict[str, str] | None,
     ) -> list[dict[str, Any]]:
         traces = sorted({s["trace_id"] for s in batch})
-        # The batch's own spans are in hand; only what earlier batches left is read back (for new
-        # traces, the common case, the indexed lookup finds nothing).
-        loaded = [*batch, *self._load(conn, SPANS.c.trace_id, traces, before=now)]
+        # Every stored span of these traces, the batch's copies last (they win in resolve). Not
+        # filtered by our own clock: another replica may have committed its half, stamped later
+        # than the ``now`` we read before waiting for its lock, and that half must be joined.
+        loaded = [*self._load(conn, SPANS.c.trace_id, traces), *batch]
         # One hop by response id, only for halves still alone in their trace (a gateway that did
         # not forward traceparent): bounded per id, so a hostile sender repeating one id cannot make
         # every batch load every trace that used it.
@@ -290,6 +295,10 @@ class Store:
             q = select(c.id, c.trace_id, c.request_key, c.counted).where(
                 c.trace_id.in_(traces[i : i + _CHUNK])
             )
+            if self.dialect == "postgresql":
+                # Locked: a replica counting one of these rows right now commits first, and we read
+                # its counted flag before deciding what a replaced row passes on (no double count).
+                q = q.with_for_update()
             existing.extend(conn.execute(q).all())
         stale, counted = [], set()
         for row in existing:
