@@ -126,10 +126,7 @@ def build(s: Settings) -> Board:
                 "Prompt tokens per request, p50/p95/p99. A rising p95 makes prefill dearer and TTFT longer.",
                 "count:tok",
                 [
-                    Q(
-                        f"histogram_quantile({q:g}, sum by (le) (rate(llm_request_prompt_tokens_bucket{{{E}}}[{RI}])))",
-                        f"p{round(q * 100)}",
-                    )
+                    Q(histogram_quantile(q, "llm_request_prompt_tokens", E, RI), f"p{round(q * 100)}")
                     for q in (0.5, 0.95, 0.99)
                 ],
             ),
@@ -138,10 +135,7 @@ def build(s: Settings) -> Board:
                 "Generated tokens per request, p50/p95/p99. Longer answers hold KV blocks longer.",
                 "count:tok",
                 [
-                    Q(
-                        f"histogram_quantile({q:g}, sum by (le) (rate(llm_request_generation_tokens_bucket{{{E}}}[{RI}])))",
-                        f"p{round(q * 100)}",
-                    )
+                    Q(histogram_quantile(q, "llm_request_generation_tokens", E, RI), f"p{round(q * 100)}")
                     for q in (0.5, 0.95, 0.99)
                 ],
             ),

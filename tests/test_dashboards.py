@@ -389,3 +389,27 @@ def test_every_panel_returns_data_from_the_demo_stack(settings, tmp_path):
                 if missing and not p.may_be_empty:
                     empty.setdefault(name, []).append(f"{p.title}: {missing}")
         assert not empty, "panels without data:\n" + json.dumps(empty, indent=2)
+
+
+def test_ttft_p95_stat_and_alert_read_one_series_built_by_one_helper():
+    from alerts.promql import BY, histogram_quantile
+    from alerts.recording import engine_selector
+    from alerts.rules import alert_groups
+
+    s = SETTINGS["defaults"]
+    series = "llm:time_to_first_token_seconds:p95_5m"
+    stat = next(p for p in BUILT["defaults"]["llm-serving.json"].panels() if p.title == "TTFT p95")
+    spike = next(r for g in alert_groups(s) for r in g["rules"] if r["alert"] == "LLMTimeToFirstTokenSpike")
+    recorded = {r["record"]: r["expr"] for g in recording_groups(s) for r in g["rules"] if "record" in r}
+    assert series in stat.queries[0].expr and series in spike["expr"]
+    expected = histogram_quantile(0.95, "llm_time_to_first_token_seconds", engine_selector(s), "5m", BY)
+    assert recorded[series] == expected
+    panel = next(
+        p for p in BUILT["defaults"]["llm-serving.json"].panels() if p.title == "Time to first token"
+    )
+    assert panel.queries[1].expr == histogram_quantile(
+        0.95,
+        "llm_time_to_first_token_seconds",
+        'job=~"$job",instance=~"$instance",model=~"$model"',
+        "$__rate_interval",
+    )
