@@ -66,11 +66,14 @@ def summarize(run: RunResult, records: list[Record] | None = None) -> dict[str, 
     errors: dict[str, int] = {}
     scenarios: dict[str, int] = {}
     cuts: dict[str, int] = {}
+    details: dict[str, str] = {}  # one server message per error kind
     for r in records:
         scenarios[r.scenario] = scenarios.get(r.scenario, 0) + 1
         if r.outcome != "success" and r.error:
             into = errors if r.outcome == "error" else cuts
             into[r.error] = into.get(r.error, 0) + 1
+            if r.detail and r.error not in details:
+                details[r.error] = r.detail
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_tokens for r in ok)
     # Throughput over the sending window: the drain is the server catching up, not offered load.
@@ -118,6 +121,7 @@ def summarize(run: RunResult, records: list[Record] | None = None) -> dict[str, 
         "success_ratio": round(len(ok) / judged, 6) if judged else None,
         "errors": errors,  # why requests failed before their stream started
         "incomplete_reasons": cuts,  # why started streams were cut
+        "error_messages": details,
         "scenarios": scenarios,
         "driver": {
             "send_lag_p50_s": _round(percentile(lags, 50)),
@@ -266,7 +270,8 @@ def diagnose(
     failed = {k: v for k, v in (point.get("errors") or {}).items() if k != "run_ended"}
     if failed:
         top = sorted(failed.items(), key=lambda kv: -kv[1])[:3]
-        detail = ", ".join(f"{k} x{v}" for k, v in top)
+        messages = point.get("error_messages") or {}
+        detail = ", ".join(f"{k} x{v}" + (f": {messages[k]}" if k in messages else "") for k, v in top)
         out.append(f"{sum(failed.values())} requests failed ({detail}).")
     server_cut = {k: v for k, v in (point.get("incomplete_reasons") or {}).items() if k != "run_ended"}
     if server_cut:

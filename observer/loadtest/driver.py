@@ -53,6 +53,7 @@ class Record:
     started_stream: bool = False
     lag: float = 0.0  # how late the send was against the open-loop schedule
     end: float | None = None  # when it finished or was cut
+    detail: str | None = None  # the server's error message for an HTTP error (never request content)
 
 
 @dataclass
@@ -116,6 +117,8 @@ class Driver:
             body["ignore_eos"] = True
         if self.profile.temperature is not None:
             body["temperature"] = self.profile.temperature
+        if "tools" in body and self.profile.tool_choice != "omit":
+            body["tool_choice"] = self.profile.tool_choice
         return scenario.name, json.dumps(body, separators=(",", ":")).encode()
 
     async def _send(self, rec: Record, payload: bytes, t0: float) -> None:
@@ -291,9 +294,11 @@ class _Stream:
     async def consume(self, status: int, body: AsyncIterator[bytes]) -> None:
         rec = self.rec
         if status != 200:
-            async for _ in body:
-                pass
+            raw = b""
+            async for data in body:
+                raw += data[: 4096 - len(raw)]
             rec.outcome, rec.error = "error", f"http_{status}"
+            rec.detail = _error_message(raw)
             return
         rec.started_stream = True
         perf = time.perf_counter
@@ -347,6 +352,18 @@ class _Stream:
         rec.e2e = self.last - self.sent_at
         if rec.output_tokens > 1:
             rec.tpot = (rec.e2e - rec.ttft) / (rec.output_tokens - 1)
+
+
+def _error_message(raw: bytes) -> str:
+    """OpenAI's ``{"error": {"message": ...}}`` (or the body's start), shortened for the report."""
+    try:
+        body = json.loads(raw)
+        err = body.get("error") if isinstance(body, dict) else None
+        text = err.get("message") if isinstance(err, dict) else (err or body.get("detail") or raw.decode())
+    except (ValueError, AttributeError):
+        text = raw.decode("utf-8", "replace")
+    text = " ".join(str(text).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class _RawResponse:

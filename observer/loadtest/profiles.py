@@ -110,6 +110,9 @@ class Profile:
     scenarios: list[tuple[Scenario, float]]
     ignore_eos: bool = True
     temperature: float | None = None
+    # Sent with the tools array. "auto" is what apps send; vLLM then needs --enable-auto-tool-choice
+    # and a tool parser, else it answers 400 (a finding in itself). "omit" leaves the key out.
+    tool_choice: str = "auto"
     _names: list[Scenario] = field(init=False, repr=False)
     _weights: list[float] = field(init=False, repr=False)
 
@@ -229,7 +232,6 @@ def build_messages(scenario: Scenario, rng: random.Random) -> tuple[dict[str, An
             {"role": "tool", "tool_call_id": call_id, "content": synth_text(max(4, rest // 3), rng)},
         ]
         body["tools"] = tools
-        body["tool_choice"] = "auto"
     elif kind == "code":
         messages = [
             {"role": "system", "content": "You are a senior engineer. " + _shared(scenario, rng, shared)},
@@ -291,7 +293,7 @@ def load_profile(spec: str) -> Profile:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("scenarios"), list):
         raise ValueError(f"{path}: needs a `scenarios` list")
-    unknown = set(raw) - {"name", "ignore_eos", "temperature", "scenarios"}
+    unknown = set(raw) - {"name", "ignore_eos", "temperature", "tool_choice", "scenarios"}
     if unknown:
         raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
     scenarios: list[tuple[Scenario, float]] = []
@@ -334,9 +336,13 @@ def load_profile(spec: str) -> Profile:
             raise ValueError(f"{where}: weight must be >= 0")
         scenarios.append((scenario, weight))
     temperature = raw.get("temperature")
+    tool_choice = str(raw.get("tool_choice", "auto"))
+    if tool_choice not in ("auto", "none", "required", "omit"):
+        raise ValueError(f"{path}: tool_choice must be auto, none, required or omit")
     return Profile(
         str(raw.get("name", path.stem)),
         scenarios,
         ignore_eos=bool(raw.get("ignore_eos", True)),
         temperature=float(temperature) if temperature is not None else None,
+        tool_choice=tool_choice,
     )
