@@ -118,6 +118,9 @@ def _apply(
 ) -> None:
     replica_labels = engine.replica_labels
     relabel = source.relabel
+    model_label, dp_label = engine.model_label, engine.dp_label
+    keep, fixed = source.keep_labels, source.set_labels
+    prefixes: dict[tuple[str | None, str], LabelKey] = {}  # (engine model, engine rank) -> key prefix
     for sample_name in source.sample_names():
         samples = by_name.get(sample_name)
         if not samples:
@@ -126,28 +129,34 @@ def _apply(
             out_name = target
         else:
             out_name = target + sample_name[len(source.name) :]
+        buckets = out_name.endswith("_bucket")
         dest = out.series.setdefault(out_name, {})
         for labels, value in samples:
             if source.match and any(labels.get(k) != v for k, v in source.match):
                 continue
-            key: list[tuple[str, str]] = []
+            raw = (
+                labels.get(model_label) if model_label else None,
+                labels.get(dp_label, "0") if dp_label else "0",
+            )
+            prefix = prefixes.get(raw)
+            if prefix is None:
+                model = engine.model_name(raw[0], default_model)
+                prefix = prefixes[raw] = (("model", model), ("dp_rank", raw[1]))
+                out.models.add((model, raw[1]))
+            extra: list[tuple[str, str]] = []
             if relabel is not None:
                 mapped = relabel.values(labels.get(relabel.source, ""))
                 if mapped is None:
                     continue  # e.g. a client-side failure: not an engine finish
-                key.append((relabel.target, mapped))
-            model = engine.model_name(
-                labels.get(engine.model_label) if engine.model_label else None, default_model
-            )
-            dp_rank = labels.get(engine.dp_label, "0") if engine.dp_label else "0"
-            out.models.add((model, dp_rank))
-            key[:0] = [("model", model), ("dp_rank", dp_rank)]
-            key.extend((k, labels[k]) for k in source.keep_labels if k in labels)
-            key.extend(source.set_labels)
-            if "le" in labels and out_name.endswith("_bucket"):
-                key.append(("le", _canonical_le(labels["le"])))
-            lk = tuple(key)
-            replica = tuple((k, labels[k]) for k in replica_labels if k in labels)
+                extra.append((relabel.target, mapped))
+            if keep:
+                extra.extend((k, labels[k]) for k in keep if k in labels)
+            if fixed:
+                extra.extend(fixed)
+            if buckets and "le" in labels:
+                extra.append(("le", _canonical_le(labels["le"])))
+            lk = prefix + tuple(extra) if extra else prefix
+            replica = tuple((k, labels[k]) for k in replica_labels if k in labels) if replica_labels else ()
             if replica:
                 per_replica = replicas.setdefault(out_name, {}).setdefault(lk, {})
                 per_replica[replica] = per_replica.get(replica, 0.0) + value
