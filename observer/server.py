@@ -26,6 +26,7 @@ from observer.api.guard import BodyReadTimeout, BodyTimeout
 from observer.collector import otlp as otlp_limits
 from observer.collector.ingest import Collector, utcnow
 from observer.config import CollectorSettings, Settings
+from observer.store.cluster import cluster_lock
 from observer.store.db import Store, StoreUnavailable
 
 log = logging.getLogger("observer.serve")
@@ -61,7 +62,9 @@ def _scheduler(ctx: Context) -> BackgroundScheduler:
     def retention_job() -> None:
         if schema.ensure():
             try:
-                n = store.delete_older_than(utcnow() - timedelta(days=settings.store.retention_days))
+                cutoff = utcnow() - timedelta(days=settings.store.retention_days)
+                with cluster_lock(store.engine, "retention") as mine:  # one replica per tick
+                    n = store.delete_older_than(cutoff) if mine else 0
                 collector.m_deleted.inc(n)
             except Exception as exc:  # keep the scheduler alive; the next run tries again
                 log.warning("retention cleanup failed: %s", exc)

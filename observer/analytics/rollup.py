@@ -18,11 +18,17 @@ from sqlalchemy import Engine, case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from observer.store.cluster import cluster_lock
 from observer.store.models import DepartmentDay, Request, RollupState, User, UserDay, UserMonth
 from observer.store.retry import with_deadlock_retry
 
 UNKNOWN = "unknown"
 _WATERMARK = "rollup_watermark"
+# How long after its updated_at a request row may still commit: the ingest stamps it, then decodes,
+# waits for the trace's lock behind other replicas, retries deadlocks. A row committed after a refresh
+# with a stamp below that refresh's watermark would never be rolled up, so the watermark never passes
+# now - LATE_COMMIT_S: the next refresh recomputes those days again (idempotent, usually just today).
+LATE_COMMIT_S = 120.0
 
 
 def day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
@@ -40,6 +46,7 @@ def local_day(ts: datetime, tz: ZoneInfo) -> date:
 class RefreshResult:
     days: list[date]
     seconds: float
+    ran: bool = True  # False: another replica held the cluster lock and refreshes this tick
 
 
 class Rollups:
@@ -83,8 +90,15 @@ class Rollups:
         return sorted(days)
 
     def refresh(self, now: datetime | None = None) -> RefreshResult:
-        """Recompute every day touched since the last refresh. Returns the days recomputed."""
+        """Recompute every day touched since the last refresh, once per cluster: replicas that find
+        another one refreshing skip (``ran`` False). Returns the days recomputed."""
         start = time.perf_counter()
+        with cluster_lock(self.engine, "rollups") as mine:
+            if not mine:
+                return RefreshResult([], time.perf_counter() - start, ran=False)
+            return self._refresh(now, start)
+
+    def _refresh(self, now: datetime | None, start: float) -> RefreshResult:
         now = now or datetime.now(UTC).replace(tzinfo=None)
         with self.engine.connect() as conn:
             watermark = conn.execute(
@@ -99,6 +113,9 @@ class Rollups:
         days = [d for d in self.dirty_days(watermark, now) if d >= oldest_allowed or watermark is None]
         for d in days:
             with_deadlock_retry(lambda d=d: self.recompute_day(d))
+        # Rows stamped in the last LATE_COMMIT_S may still be committing (wall clock: the stamps are
+        # the ingesting replica's clock, not ``now``); the watermark stays behind them.
+        newest = min(newest, datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=LATE_COMMIT_S))
         with self.engine.begin() as conn:
             ins = self._insert(RollupState.__table__).values(name=_WATERMARK, value=newest)
             conn.execute(ins.on_conflict_do_update(index_elements=["name"], set_={"value": newest}))
