@@ -266,7 +266,8 @@ def test_registry_one_table_per_engine(engine):
 
 def test_fetch_paths_cover_trtllm_and_llama_cpp_router_mode():
     assert metrics_paths() == ("/metrics", "/prometheus/metrics")
-    assert metrics_paths(model="org/m 1") == ("/metrics", "/metrics?model=org%2Fm%201", "/prometheus/metrics")
+    assert metrics_paths(model="org/m 1") == ("/metrics", "/prometheus/metrics", "/metrics?model=org%2Fm%201")
+    assert metrics_paths("llama.cpp", model="m") == ("/metrics", "/metrics?model=m")
     assert metrics_paths("trtllm") == ("/prometheus/metrics",)
     with pytest.raises(NotPrometheusText):  # TensorRT-LLM's /metrics: JSON iteration stats
         normalize('[{"gpuMemUsage": 1, "iter": 3}]')

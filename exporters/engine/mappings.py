@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from exporters.engine.normalize import Normalized, Samples
@@ -533,14 +534,13 @@ def by_kind(kind: str) -> EngineMapping:
 
 def metrics_paths(engine: str | None = None, model: str = "") -> tuple[str, ...]:
     """Paths to fetch, in order, until one answers Prometheus text: the named engine's own, or (engine
-    unknown) ``/metrics`` first and then every other path a known engine uses."""
+    unknown) ``/metrics`` first, then every other path a known engine uses, then the per-model paths
+    (llama.cpp router mode) when the probe names a model."""
     engines = (by_kind(engine),) if engine else ENGINES
-    out: list[str] = []
-    for e in sorted(engines, key=lambda e: e.metrics_path != "/metrics"):
-        paths = [e.metrics_path]
-        if e.model_metrics_path and model:
-            from urllib.parse import quote
-
-            paths.append(e.model_metrics_path.format(model=quote(model, safe="")))
-        out.extend(p for p in paths if p not in out)
-    return tuple(out)
+    plain = [e.metrics_path for e in sorted(engines, key=lambda e: e.metrics_path != "/metrics")]
+    per_model = [
+        e.model_metrics_path.format(model=quote(model, safe=""))
+        for e in engines
+        if e.model_metrics_path and model
+    ]
+    return tuple(dict.fromkeys(plain + per_model))
