@@ -166,7 +166,6 @@ def main() -> None:
         # Without the singleflight sharing: 100 distinct targets, each probe does its own work.
         solo = [asyncio.run(burst(exporter, distinct=100)) for _ in range(3)]
     for server in servers:
-        for server in servers:
         server.shutdown()
     print(
         f"100 concurrent probes of 10 targets ({n} series each): median {statistics.median(walls):.2f} s "
