@@ -376,6 +376,8 @@ class LoadtestSettings(_Section):
     early_stop_share: float = Field(0.3, gt=0, le=1)
     early_stop_min_requests: int = Field(20, ge=1)
     compare_tolerance: float = Field(0.1, ge=0)  # relative change that counts as a regression
+    # Diagnosis of a sweep: a p95 this many times the lightest level's counts as "up", else "flat".
+    diagnosis_growth: float = Field(1.5, gt=1)
     progress_min_s: float = Field(10, ge=0)  # progress bar for runs at least this long
 
 

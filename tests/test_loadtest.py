@@ -209,6 +209,8 @@ def test_closed_loop_and_cut_streams_count_as_incomplete(tmp_path: Path) -> None
         ok = loadtest(
             "--target",
             base,
+            "--profile",
+            "tools",  # tools array + tool messages; short answers keep the run short
             "--concurrency",
             "3",
             "--max-requests",
@@ -236,7 +238,7 @@ def test_closed_loop_and_cut_streams_count_as_incomplete(tmp_path: Path) -> None
     assert ok.returncode == 0, ok.stderr
     report = json.loads(ok.stdout)
     assert report["mode"] == "concurrency" and report["counts"]["sent"] == 6
-    assert report["counts"]["success"] == 6
+    assert report["counts"]["success"] == 6 and report["scenarios"] == {"tools": 6}
     assert cut.returncode == 1, cut.stderr
     report = json.loads(cut.stdout)
     assert report["counts"] == {"sent": 2, "success": 0, "error": 0, "incomplete": 2, "cut_at_end": 0}

@@ -194,6 +194,7 @@ def diagnose(
     server: dict[str, Any] | None,
     slo_settings: SloSettings,
     baseline: dict[str, Any] | None = None,
+    growth: float = 1.5,
 ) -> list[str]:
     """Short sentences naming the bottleneck, from the client figures and the engine's own metrics.
 
@@ -211,14 +212,14 @@ def diagnose(
     e2e_failed = bool(failed & {"e2e_p95", "e2e_p99"})
     tpot_failed = bool(failed & {"tpot_p95", "itl_p95"})
 
-    def grew(metric: str, factor: float = 1.5) -> bool | None:
+    def grew(metric: str) -> bool | None:
         if baseline is None:
             return None
         base = (baseline.get(metric) or {}).get("p95")
         now = (point.get(metric) or {}).get("p95")
         if not base or now is None:
             return None
-        return now > base * factor
+        return now > base * growth
 
     tpot_up = grew("tpot")
     tpot_up = tpot_failed if tpot_up is None else tpot_up or tpot_failed

@@ -21,7 +21,7 @@ from observer.config import Settings
 from observer.loadtest import analysis
 from observer.loadtest.driver import Driver, Record, RunResult, resolve_model
 from observer.loadtest.profiles import Profile
-from observer.loadtest.sampler import MetricsSampler, summarize_server
+from observer.loadtest.sampler import KV, RUNNING, WAITING, MetricsSampler, summarize_server
 
 TIMELINE_MAX_POINTS = 3000
 
@@ -179,7 +179,7 @@ class Runner:
             while time.perf_counter() < deadline:
                 await self.sampler.sample_once(client)
                 last = self.sampler.samples[-1].values if self.sampler.samples else {}
-                if last.get("llm_requests_running", 0) + last.get("llm_requests_waiting", 0) == 0:
+                if last.get(RUNNING, 0) + last.get(WAITING, 0) == 0:
                     return
                 await asyncio.sleep(self.lt.metrics_interval_s)
 
@@ -227,7 +227,7 @@ class Runner:
         headline = best or worst or points[-1]
         if worst is not None:
             diagnosis = analysis.diagnose(
-                worst, worst["slo"], worst.get("server"), self.settings.slo, baseline
+                worst, worst["slo"], worst.get("server"), self.settings.slo, baseline, lt.diagnosis_growth
             )
             diagnosis.insert(
                 0,
@@ -267,9 +267,9 @@ class Runner:
             out["server"] = [
                 {
                     "t": round(s.t, 3),
-                    "kv": s.values.get("llm_kv_cache_usage_ratio"),
-                    "waiting": s.values.get("llm_requests_waiting"),
-                    "running": s.values.get("llm_requests_running"),
+                    "kv": s.values.get(KV),
+                    "waiting": s.values.get(WAITING),
+                    "running": s.values.get(RUNNING),
                 }
                 for s in self.sampler.samples
             ]

@@ -18,15 +18,17 @@ import httpx
 
 from exporters.engine.normalize import UnknownEngine, normalize
 from exporters.engine.parse import ParseError, iter_samples
+from observer.catalog import spec
 
-KV = "llm_kv_cache_usage_ratio"
-WAITING = "llm_requests_waiting"
-RUNNING = "llm_requests_running"
-PREEMPTIONS = "llm_preemptions_total"
-QUEUE_SUM = "llm_request_queue_time_seconds_sum"
-QUEUE_COUNT = "llm_request_queue_time_seconds_count"
-PREFILL_SUM = "llm_request_prefill_time_seconds_sum"
-PREFILL_COUNT = "llm_request_prefill_time_seconds_count"
+# Names from the catalog (the single source of truth): a rename there fails here at import.
+KV = spec("llm_kv_cache_usage_ratio").name
+WAITING = spec("llm_requests_waiting").name
+RUNNING = spec("llm_requests_running").name
+PREEMPTIONS = spec("llm_preemptions_total").name
+QUEUE_SUM = spec("llm_request_queue_time_seconds").name + "_sum"
+QUEUE_COUNT = spec("llm_request_queue_time_seconds").name + "_count"
+PREFILL_SUM = spec("llm_request_prefill_time_seconds").name + "_sum"
+PREFILL_COUNT = spec("llm_request_prefill_time_seconds").name + "_count"
 WANTED = frozenset({KV, WAITING, RUNNING, PREEMPTIONS, QUEUE_SUM, QUEUE_COUNT, PREFILL_SUM, PREFILL_COUNT})
 
 
@@ -72,7 +74,8 @@ class MetricsSampler:
             resp = await client.get(self.url)
             resp.raise_for_status()
             values = read_exposition(resp.text)
-        except (httpx.HTTPError, UnknownEngine, ParseError) as exc:
+        except (httpx.HTTPError, UnknownEngine, ParseError, ValueError) as exc:
+            # TooManySamples and the like included: a bad scrape is counted, never ends the run.
             key = type(exc).__name__
             self.errors[key] = self.errors.get(key, 0) + 1
             return
