@@ -185,6 +185,7 @@ def vmalert_args(
         f"-remoteRead.url={tsdb_url}",
         f"-notifier.url={alertmanager_url}",
         f"-evaluationInterval={interval}",
+        "-disableAlertgroupLabel",  # alerts and ALERTS carry the labels Prometheus gives them
         f"-httpListenAddr=127.0.0.1:{port}",
         "-loggerLevel=WARN",
     ]

@@ -46,7 +46,9 @@ def test_profiles_default_runs_anywhere_gpu_adds_the_real_things():
     gpu_only = {n for n, s in SERVICES.items() if "gpu" in s.get("profiles", [])}
     assert gpu_only == {"vllm", "gpu-exporter"}
     assert "--otlp-traces-endpoint" in SERVICES["vllm"]["command"]
-    assert all("profiles" not in s for n, s in SERVICES.items() if n not in gpu_only)
+    vm_only = {n for n, s in SERVICES.items() if "victoriametrics" in s.get("profiles", [])}
+    assert vm_only == {"victoriametrics", "vmagent", "vmalert"}  # see tests/test_victoriametrics.py
+    assert all("profiles" not in s for n, s in SERVICES.items() if n not in gpu_only | vm_only)
 
 
 def test_observer_services_run_real_subcommands():

@@ -221,3 +221,33 @@ def test_every_panel_returns_data_from_victoriametrics(tmp_path):
                 if missing and not p.may_be_empty:
                     empty.setdefault(name, []).append(f"{p.title}: {missing}")
         assert not empty, "panels without data on VictoriaMetrics:\n" + json.dumps(empty, indent=2)
+
+
+def test_compose_profile_runs_the_same_scrape_config_and_rules_on_victoriametrics():
+    root = Path(__file__).resolve().parents[1]
+    services = yaml.safe_load((root / "docker-compose.yml").read_text())["services"]
+    prometheus_config = next(v for v in services["prometheus"]["volumes"] if "prometheus.yml" in v)
+    assert prometheus_config in services["vmagent"]["volumes"], "vmagent must read the very prometheus.yml"
+    assert any(v.startswith("./alerts/generated:") for v in services["vmalert"]["volumes"])
+    agent, alert = services["vmagent"]["command"], services["vmalert"]["command"]
+    assert "-promscrape.config.strictParse=false" in agent
+    assert "-remoteWrite.url=http://victoriametrics:8428/api/v1/write" in agent
+    assert "-notifier.url=http://alertmanager:9093" in alert and "-disableAlertgroupLabel" in alert
+    external = dict(
+        label.split("=", 1) for label in (a.removeprefix("-external.label=") for a in alert) if "=" in label
+    )
+    prom = yaml.safe_load((root / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    # Alerts from Prometheus and vmalert carry the same labels, so Alertmanager sends each once.
+    assert prom["global"]["external_labels"].items() <= external.items()
+    sources = yaml.safe_load((root / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    vm = next(d for d in sources["datasources"] if d["uid"] == "victoriametrics")
+    assert vm["type"] == "prometheus" and vm["url"] == "http://victoriametrics:8428"
+    # vmagent itself accepts the compose prometheus.yml as it is, and only with strictParse off.
+    config = str(root / "deploy" / "prometheus" / "prometheus.yml")
+    check = [binary("vmagent"), f"-promscrape.config={config}", "-dryRun", "-loggerLevel=ERROR"]
+    lenient = subprocess.run(
+        [*check, "-promscrape.config.strictParse=false"], capture_output=True, timeout=60
+    )
+    strict = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert lenient.returncode == 0, lenient.stderr
+    assert "rule_files" in strict.stderr
