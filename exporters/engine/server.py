@@ -17,15 +17,15 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import generate_latest
 
 from exporters.engine.allowlist import TargetRefused
-from exporters.engine.mappings import engine_names
+from exporters.engine.mappings import engine_names, known_engines_text
 from exporters.engine.probe import Prober
 from observer.config import EngineExporterSettings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-INDEX = """LLM Observer engine exporter
+INDEX = f"""LLM Observer engine exporter
 
-  /probe?target=http://vllm-0:8000   normalized llm_* metrics of one engine
+  /probe?target=http://vllm-0:8000   normalized llm_* metrics of one engine ({known_engines_text()})
                                       (scheme://host:port only: the exporter picks the metrics path)
         [&model=NAME]                 model label for engines that do not name their model (tgi, llama.cpp)
         [&engine=KIND]                fetch only that engine's metrics path(s)
@@ -66,7 +66,7 @@ def create_app(settings: EngineExporterSettings, listen: tuple[str, int] | None 
         if not target:
             return PlainTextResponse("missing target parameter: /probe?target=http://host:port\n", 400)
         if engine and engine not in engine_names():
-            known = ", ".join(engine_names())
+            known = known_engines_text()
             return PlainTextResponse(f"unknown engine {engine!r}; known engines: {known}\n", 400)
         timeout = prober.timeout_for(request.headers.get("x-prometheus-scrape-timeout-seconds"))
         started = time.monotonic()
