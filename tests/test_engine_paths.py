@@ -3,13 +3,14 @@ a real exporter process: TensorRT-LLM's /metrics is JSON and its text is at /pro
 llama.cpp in router mode answers /metrics only with ?model=."""
 
 import json
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
-from support import observer_server
+from support import binary, observer_server
 
 from observer.netutil import free_port
 
@@ -97,3 +98,16 @@ def test_llama_cpp_router_mode_is_asked_with_the_model(fleet):
     assert "/metrics?model=tiny%2Fgguf" in handler.seen
     failed = probe(exporter, base)  # no model: router mode has nothing to say, and the probe says why
     assert "llm_engine_up 0.0" in failed and "llm_engine_probe_error" in failed
+
+
+def test_promtool_accepts_the_live_exporter_answers(fleet):
+    exporter, targets = fleet
+    for text in (
+        probe(exporter, targets["trtllm"][0], model="m"),
+        probe(exporter, targets["router"][0]),  # a failed probe's answer too
+        httpx.get(exporter + "/metrics", timeout=10).text,  # the exporter's own health
+    ):
+        result = subprocess.run(
+            [binary("promtool"), "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

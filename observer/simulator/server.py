@@ -24,7 +24,7 @@ from observer.simulator.tracing import RequestTracer
 
 # vLLM serves its metrics with the classic text format content type.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-SIMULATED_VLLM_VERSION = "0.11.0"
+SIMULATED_VLLM_VERSION = "0.32.0"  # the release whose /metrics shape it copies (tests diff them)
 
 _WORDS = (
     " the",
