@@ -264,6 +264,22 @@ def test_registry_one_table_per_engine(engine):
         by_kind("nonesuch")
 
 
+# Success without stop/length detail: SGLang says "finished", TGI "success"; failures are error/abort only.
+FINISHED_VOCABULARY = {"stop", "length", "abort", "error", "repetition", "finished", "success"}
+
+
+@pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind)
+def test_newest_expositions_mean_the_same_thing(engine):
+    """Tokens include cached ones, reasons come from one vocabulary (failures only error/abort)."""
+    m = probe_fixture(engine.newest_fixture, model="m")
+    prompt = {dict(k)["model"]: val for (n, k), val in m.items() if n == "llm_prompt_tokens_total"}
+    cached = {dict(k)["model"]: val for (n, k), val in m.items() if n == "llm_prompt_tokens_cached_total"}
+    assert prompt, "every engine reports prompt tokens"
+    assert all(cached[model] <= prompt[model] for model in cached)
+    reasons = {dict(k)["finished_reason"] for (n, k) in m if n == "llm_requests_finished_total"}
+    assert reasons <= FINISHED_VOCABULARY
+
+
 def test_fetch_paths_cover_trtllm_and_llama_cpp_router_mode():
     assert metrics_paths() == ("/metrics", "/prometheus/metrics")
     assert metrics_paths(model="org/m 1") == ("/metrics", "/prometheus/metrics", "/metrics?model=org%2Fm%201")
