@@ -122,7 +122,6 @@ class EngineExporterSettings(_Section):
     # Wanted samples read from one exposition; past it the probe fails (too_many_series).
     max_series: int = Field(50_000, ge=100)
     parse_threads: int = Field(4, ge=1)  # parsing runs off the event loop, in these threads
-    metrics_path: str = "/metrics"
 
 
 class GpuExporterSettings(_Section):
