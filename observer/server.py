@@ -24,7 +24,7 @@ from observer.api import alerts, analytics, feedback, health, otlp
 from observer.api.common import Access, Context, MemoryBudget, accepted_token, auth_enabled
 from observer.api.guard import BodyReadTimeout, BodyTimeout
 from observer.collector import otlp as otlp_limits
-from observer.collector.ingest import Collector, utcnow
+from observer.collector.ingest import TraceCollector, utcnow
 from observer.config import CollectorSettings, Settings
 from observer.store.cluster import cluster_lock
 from observer.store.db import Store, StoreUnavailable
@@ -102,7 +102,7 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
     store = Store(db_url or settings.store.url, settings.store.sqlite_busy_timeout_s)
     registry = CollectorRegistry()
     registry.register(PROCESS_COLLECTOR)
-    collector = Collector(store, cfg, registry, retention_days=settings.store.retention_days)
+    collector = TraceCollector(store, cfg, registry, retention_days=settings.store.retention_days)
     service = AnalyticsService(store, settings)
     service.register(registry)
     otlp_limits.configure(cfg.max_spans_per_request, cfg.max_json_depth, cfg.max_json_nodes)
@@ -111,7 +111,10 @@ def create_app(settings: Settings, db_url: str | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx.ingest_slots = asyncio.Semaphore(cfg.max_concurrent_ingests)
+        # SQLite has one writer at a time: a second concurrent ingest only waits on its lock (and answers
+        # 503 once busy_timeout passes), so ingests into SQLite run one at a time.
+        sqlite = store.engine.dialect.name == "sqlite"
+        ctx.ingest_slots = asyncio.Semaphore(1 if sqlite else cfg.max_concurrent_ingests)
         ctx.json_slot = asyncio.Semaphore(1)
         _log_auth(cfg)
         await run_in_threadpool(ctx.schema.ensure)

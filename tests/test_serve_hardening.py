@@ -454,15 +454,15 @@ def test_over_budget_answers_429_with_retry_after(tmp_path):
         "OBSERVER_COLLECTOR__BODY_TIMEOUT_S": "20",
     }
     with serve(tmp_path, env) as (base, _):
-        # Hold most of the budget with a body that is still arriving.
+        # Hold most of the budget with a body that is still arriving (bytes held are charged).
         held = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])))
-        body_len = 100_000
         held.sendall(
             b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {body_len}\r\n\r\n".encode()
-            + b" " * 90_000  # 90 KB x (48 + 1) = 4.4 MB charged
+            + b"Content-Length: 7500000\r\n\r\n"
+            + b" " * 6_000_000
         )
         time.sleep(1)
+        # 90 KB of JSON is charged 90 KB x 48 = 4.3 MB once complete: over what is left of 8 MiB.
         r = httpx.post(
             base + "/v1/traces", content=b" " * 90_000 + b"{}", headers={"Content-Type": "application/json"}
         )

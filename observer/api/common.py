@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
 from observer.analytics.service import AnalyticsService
-from observer.collector.ingest import Collector
+from observer.collector.ingest import TraceCollector
 from observer.collector.otlp import BodyReader, OtlpError, check_depth
 from observer.config import CollectorSettings, Settings
 from observer.store.db import Store
@@ -92,7 +92,7 @@ class Context:
 
     settings: Settings
     store: Store
-    collector: Collector
+    collector: TraceCollector
     analytics: AnalyticsService
     registry: CollectorRegistry
     schema: Any  # observer.server.Schema (kept loose: the server module imports the routers)
@@ -147,7 +147,9 @@ async def read_body(
 ) -> AsyncIterator[bytes]:
     """The request body, capped at ``cap`` bytes (after gzip) and charged to the memory budget.
 
-    The charge (``expansion`` x bytes: what the parsed form may take) is held until the block exits.
+    While the body arrives, the bytes held are charged; once it is complete, ``expansion`` x its size
+    (what the decoded form may take) before it is handed over. The charge is held until the block
+    exits. A gzip bomb is stopped at the cap while holding only cap bytes of the budget.
     Raises OtlpError: 413 (too large), 429 (budget exhausted), 400/415 (bad encoding).
     """
     cfg = ctx.settings.collector
@@ -158,9 +160,10 @@ async def read_body(
     reservation = ctx.budget.reservation()
     try:
         async for chunk in request.stream():
-            # The wire chunk is in memory too until the next one replaces it.
-            reservation.grow(int(reader.feed(chunk) * expansion) + len(chunk), cfg.retry_after_s)
-        yield reader.finish()
+            reservation.grow(reader.feed(chunk), cfg.retry_after_s)
+        body = reader.finish()
+        reservation.grow(int(len(body) * (expansion - 1)), cfg.retry_after_s)
+        yield body
     finally:
         reservation.release()
 
