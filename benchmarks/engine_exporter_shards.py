@@ -121,7 +121,9 @@ async def drive(targets: list[str], exporters: list[str], duration: float, concu
                 i += concurrency
                 try:
                     r = await client.get(shard_of[t] + "/probe", params={"target": targets[t]})
-                except httpx.RemoteProtocolError:  # a keep-alive connection the exporter just closed
+                except httpx.TransportError as exc:  # e.g. a keep-alive connection the exporter just closed
+                    failed += 1
+                    reasons[type(exc).__name__] += 1
                     continue
                 if r.status_code == 200 and "llm_engine_up 1" in r.text:
                     done += 1
