@@ -1,7 +1,7 @@
 """The load-test driver's own cost: CPU per request and the highest open-loop rate it holds on one core.
 
 The simulator runs in its own process with the step-time model off (speed factor 0) and a large KV
-cache, pinned to the other core when there are two, so the server is not what limits the rate. The
+cache, pinned to the other core when there are two, so it does not share the driver's core. The
 driver (this process) is pinned to one core and sends a fixed small request (100-token prompt,
 ``--tokens`` streamed output tokens) on a Poisson schedule at each rate for ``--duration`` seconds.
 
@@ -9,19 +9,26 @@ Per rate it prints the achieved send rate, how late sends were against the sched
 share of requests that succeeded, and the driver's CPU time per request (process CPU, so the
 simulator's work is excluded). A rate is "sustained" when the achieved rate is within 5% of the
 target, the p99 send lag is under 50 ms and every request succeeded. Target (issue): >= 200 req/s.
+``--server stub`` swaps the simulator for a canned-answer server, so only the driver can be the limit
+(the simulator's own HTTP front end saturates first on a 2-core machine); ``--transport httpx`` runs
+the same driver over httpx, which it uses for https targets.
 
     python benchmarks/loadtest_driver.py [--rates 100 200 300 400] [--duration 10] [--tokens 16] \\
-        [--transport raw httpx] [--repeats 3]
+        [--transport raw httpx] [--server simulator|stub] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -31,6 +38,60 @@ from support import simulator
 from observer.load.generator import percentile
 from observer.loadtest.driver import Driver
 from observer.loadtest.profiles import Lengths, Profile, Scenario
+from observer.netutil import free_port
+
+
+def stub_response(tokens: int) -> bytes:
+    """A vLLM-shaped chunked SSE answer of ``tokens`` tokens, written at once (no model, no pacing)."""
+    events = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n']
+    events += [
+        b'data: {"choices":[{"index":0,"delta":{"content":" tok"},"finish_reason":null}]}\n\n'
+    ] * tokens
+    events.append(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n')
+    events.append(b'data: {"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":%d}}\n\n' % tokens)
+    events.append(b"data: [DONE]\n\n")
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+
+
+def serve_stub(port: int, tokens: int) -> None:
+    """The stand-in server: reads a request, writes the canned answer, closes."""
+    answer = stub_response(tokens)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+            await reader.readexactly(length)
+            writer.write(answer)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):  # the readiness probe connects and leaves
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=4096)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+
+
+@contextmanager
+def stub_server(tokens: int):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-stub", str(port), "--tokens", str(tokens)])
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def pin(pid: int, core: int) -> None:
@@ -77,13 +138,24 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16, help="streamed output tokens per request")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--transport", choices=["raw", "httpx"], nargs="+", default=["raw"])
+    ap.add_argument(
+        "--server",
+        choices=["simulator", "stub"],
+        default="simulator",
+        help="stub: a canned-answer server, so only the driver can be the limit",
+    )
+    ap.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_stub:
+        serve_stub(args.serve_stub, args.tokens)
+        return
     flags = ("--speed-factor", "0", "--num-gpu-blocks", "200000", "--max-num-seqs", "1024")
-    with simulator(*flags) as (base, proc):
-        pin(proc.proc.pid, 1)
+    server = simulator(*flags) if args.server == "simulator" else stub_server(args.tokens)
+    with server as (base, proc):
+        pin(getattr(proc, "proc", proc).pid, 1)
         pin(0, 0)
         print(
-            f"driver pinned to core 0, simulator to core 1 ({os.cpu_count()} cores, load average "
+            f"driver pinned to core 0, {args.server} to core 1 ({os.cpu_count()} cores, load average "
             f"{os.getloadavg()[0]:.1f}); {args.duration:g}s per rate, {args.tokens} output tokens per request"
         )
         for transport in args.transport:
