@@ -17,7 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry
 
-from observer.collector.ingest import Collector
+from observer.collector.ingest import TraceCollector
 from observer.config import CollectorSettings
 from observer.store.db import Store
 
@@ -131,7 +131,7 @@ def store(db_url):
 )
 def test_hostile_values_never_fail_the_batch_or_poison_metrics(store, numbers, strings):
     registry = CollectorRegistry()
-    collector = Collector(store, CollectorSettings(join_grace_s=0), registry)
+    collector = TraceCollector(store, CollectorSettings(join_grace_s=0), registry)
     before = store.count()
     result = collector.ingest(body(request_spans(5, {**numbers, **strings})), PROTOBUF)
     assert result.rejected == 0 and result.requests == 5
@@ -162,7 +162,7 @@ def test_hostile_values_never_fail_the_batch_or_poison_metrics(store, numbers, s
 
 def test_dropped_values_are_counted_by_attribute(store):
     registry = CollectorRegistry()
-    collector = Collector(store, CollectorSettings(), registry)
+    collector = TraceCollector(store, CollectorSettings(), registry)
     collector.ingest(
         body(request_spans(2, {"gen_ai.usage.prompt_tokens": -3, "gen_ai.latency.e2e": math.inf})), PROTOBUF
     )
@@ -171,7 +171,7 @@ def test_dropped_values_are_counted_by_attribute(store):
 
 
 def test_spans_from_the_far_past_or_future_are_rejected_alone(store):
-    collector = Collector(store, CollectorSettings(), CollectorRegistry())
+    collector = TraceCollector(store, CollectorSettings(), CollectorRegistry())
     good = request_spans(3)
     stale = request_spans(1)
     future = request_spans(1)

@@ -12,7 +12,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from prometheus_client import CollectorRegistry
 
-from observer.collector.ingest import Collector
+from observer.collector.ingest import TraceCollector
 from observer.config import CollectorSettings
 from observer.store.db import Store
 
@@ -82,9 +82,9 @@ def store(tmp_path):
     s.engine.dispose()
 
 
-def collector(store: Store, **settings) -> tuple[Collector, CollectorRegistry]:
+def collector(store: Store, **settings) -> tuple[TraceCollector, CollectorRegistry]:
     registry = CollectorRegistry()
-    return Collector(store, CollectorSettings(join_grace_s=0, **settings), registry), registry
+    return TraceCollector(store, CollectorSettings(join_grace_s=0, **settings), registry), registry
 
 
 def test_made_up_models_fold_into_other(store):

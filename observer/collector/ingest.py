@@ -33,7 +33,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class Collector:
+class TraceCollector:
     """The trace receiver's logic: decode, validate, store, resolve, count (``observer serve`` wires it)."""
 
     def __init__(

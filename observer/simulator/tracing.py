@@ -1,4 +1,4 @@
-"""vLLM's per-request ``llm_request`` span (reference/vllm-metrics.md section 3.1, V1 0.11+).
+"""vLLM's per-request ``llm_request`` span (vLLM V1 0.11+, ``vllm/tracing.py`` ``SpanAttributes``).
 
 One SERVER span per finished request, started at arrival, parented by an incoming W3C
 ``traceparent`` so a gateway span and the engine span share one trace. Attribute names are vLLM's
@@ -9,7 +9,7 @@ One SERVER span per finished request, started at arrival, parented by an incomin
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -19,8 +19,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-if TYPE_CHECKING:
-    from observer.simulator.engine import RequestHandle
+from observer.simulator.scheduler import SimRequest
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -31,6 +30,24 @@ def traces_url(endpoint: str) -> str:
     if parts.path in ("", "/"):
         return parts._replace(path="/v1/traces").geturl()
     return parts.geturl()
+
+
+class TracedRequest(Protocol):
+    """What the tracer reads of a finished request (the engine's ``RequestHandle`` has it).
+
+    A protocol rather than an import of the engine, which imports this module: no import cycle.
+    """
+
+    @property
+    def req(self) -> SimRequest: ...
+    @property
+    def wall_arrival_ns(self) -> int: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def trace_headers(self) -> dict[str, str]: ...
+    @property
+    def id_prefix(self) -> str: ...
 
 
 class RequestTracer:
@@ -48,7 +65,7 @@ class RequestTracer:
         self.provider = provider
         self.tracer = provider.get_tracer("vllm.llm_engine")
 
-    def record(self, handle: RequestHandle, now: float) -> None:
+    def record(self, handle: TracedRequest, now: float) -> None:
         req = handle.req
         context = _PROPAGATOR.extract(handle.trace_headers) if handle.trace_headers else None
         # Monotonic timestamps -> wall clock, anchored at the request's wall-clock arrival.
