@@ -54,7 +54,7 @@ class MetricSpec:
         return self.name
 
 
-# --- vLLM default buckets (reference/vllm-metrics.md 1.2; identical since ~0.8) -------------------
+# --- vLLM default buckets (vllm/v1/metrics/loggers.py; identical since ~0.8) ----------------------
 VLLM_REQUEST_LATENCY_BUCKETS = (
     0.3,
     0.5,

@@ -14,7 +14,8 @@ exposes both an old and a new name for one thing (vLLM 0.10: ``gpu_cache_usage_p
 yields the concept once. Sources within one alternative are combined (summed), which is how
 llama.cpp's computed + cached prompt tokens become one "all prompt tokens" counter.
 
-Meanings every engine is held to (reference/vllm-metrics.md section 5.2, real-engines-on-cpu.md):
+Meanings every engine is held to (vLLM's, ``vllm/v1/metrics/loggers.py``; the real engines' captures in
+tests/fixtures/engines show where each engine differs):
   * ``llm_prompt_tokens_total`` counts every prompt token, cached or computed (vLLM's meaning).
   * ``llm_requests_finished_total{finished_reason="error"}`` counts server-side failures only; client
     errors (validation, templates, HTTP 4xx) are not engine failures and are not counted; load shedding

@@ -1,9 +1,8 @@
 """Span records -> request records: a request is a trace-level thing.
 
-One user request shows up as several spans (``../shared`` design notes, "A request is a
-trace-level thing"): an app span -> a GenAI client span -> an HTTP client span -> the engine's
-``llm_request``; or app -> gateway (LiteLLM) -> engine; or an engine span in a trace of its own. The
-rules, applied to whatever spans have arrived so far:
+One user request shows up as several spans: an app span -> a GenAI client span -> an HTTP client
+span -> the engine's ``llm_request``; or app -> gateway (LiteLLM) -> engine; or an engine span in a
+trace of its own. The rules, applied to whatever spans have arrived so far:
 
 1. Every **call** span (GenAI client/gateway call) belongs to the request of its outermost call
    ancestor-or-self: nested calls (app SDK -> gateway) collapse into one request.
