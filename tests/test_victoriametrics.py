@@ -251,3 +251,18 @@ def test_compose_profile_runs_the_same_scrape_config_and_rules_on_victoriametric
     strict = subprocess.run(check, capture_output=True, text=True, timeout=60)
     assert lenient.returncode == 0, lenient.stderr
     assert "rule_files" in strict.stderr
+    # What the lenient parse skips is only Prometheus' own sections: every scrape setting (relabeling,
+    # file_sd, the observer job's credentials file) is one vmagent understands.
+    for prometheus_only in ("rule_files", "alerting"):
+        prom.pop(prometheus_only)
+    prom["global"].pop("evaluation_interval")
+    scrape_only = Path(tempfile.mkdtemp(prefix="vmagent-")) / "scrape.yml"
+    scrape_only.write_text(yaml.safe_dump(prom))
+    exact = subprocess.run(
+        [binary("vmagent"), f"-promscrape.config={scrape_only}", "-dryRun", "-loggerLevel=ERROR"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    shutil.rmtree(scrape_only.parent)
+    assert exact.returncode == 0 and not exact.stderr.strip(), exact.stderr
