@@ -12,7 +12,7 @@ from support import binary, observer_server
 from exporters.engine.mappings import ENGINES, by_kind, known_engines_text, metrics_paths
 from exporters.engine.normalize import NotPrometheusText, UnknownEngine, normalize, render_probe
 from exporters.engine.parse import ParseError
-from observer.catalog import spec
+from observer.catalog import ENGINE, ENGINE_EXPORTER_SELF, spec
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
 
@@ -290,10 +290,23 @@ def test_fetch_paths_cover_trtllm_and_llama_cpp_router_mode():
 
 
 def test_every_normalized_name_is_in_the_catalog():
-    for fixture in FIXTURES.rglob("*.txt"):
-        for name in {n for n, _ in probe_fixture(str(fixture.relative_to(FIXTURES)), model="x")}:
-            base = name.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count")
-            spec(name if name.endswith("_total") or name == base else base)
+    engine_specs = {s.name: s for s in (*ENGINE, *ENGINE_EXPORTER_SELF)}
+    fixtures = sorted(FIXTURES.rglob("*.txt"))
+    samples: dict[str, str] = {}  # every output sample name -> a capture it came from
+    kinds = set()  # the engines the captures were detected as
+    for fixture in fixtures:
+        for name, labels in probe_fixture(str(fixture.relative_to(FIXTURES)), model="x"):
+            samples.setdefault(name, str(fixture.relative_to(FIXTURES)))
+            kinds.update(value for key, value in labels if name == "llm_engine_info" and key == "kind")
+    families = {n.removesuffix("_bucket").removesuffix("_sum").removesuffix("_count") for n in samples}
+    families = {f for f in families if f in samples or f + "_bucket" in samples}
+    unknown = {f: samples.get(f) or samples[f + "_bucket"] for f in families if f not in engine_specs}
+    assert not unknown, f"normalized names missing from the engine catalog: {unknown}"
+    # Each family is rendered as its catalog type says: buckets exactly for histograms.
+    for family in families:
+        assert (engine_specs[family].type == "histogram") == (family + "_bucket" in samples), family
+    # The captures cover every engine the mappings know, so no engine's names go unchecked.
+    assert kinds == {e.kind for e in ENGINES}, kinds
 
 
 def test_garbage_and_unknown_engines():

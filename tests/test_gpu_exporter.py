@@ -183,7 +183,7 @@ def test_a_hanging_call_is_bounded_and_isolated():
         assert values(sampler, "gpu_up")["0"] == 0.0
     finally:
         release.set()
-        fake._hangs.clear()
+        fake.clear_hangs()
     time.sleep(0.05)
     sampler.collect()
     assert values(sampler, "gpu_up") == {"0": 1.0, "1": 1.0}

@@ -132,6 +132,10 @@ class FakeNvml:
     def hang(self, gpu: int, call: str, release: threading.Event) -> None:
         self._hangs[(gpu, call)] = release
 
+    def clear_hangs(self) -> None:
+        """Later calls run normally again (a call already stuck waits for its ``release`` event)."""
+        self._hangs.clear()
+
     def break_driver(self, exc: type[Exception] | None) -> None:
         """Every call raises ``exc`` until init() is called again after this is cleared (None)."""
         self._driver_error = exc
