@@ -284,8 +284,11 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
 def test_unreachable_target_exits_2() -> None:
     from observer.netutil import free_port
 
-    proc = loadtest("--target", f"http://127.0.0.1:{free_port()}", "--rps", "1", "--duration", "1")
-    assert proc.returncode == 2 and "cannot reach" in proc.stderr
+    for model in ((), ("--model", "m")):
+        proc = loadtest(
+            "--target", f"http://127.0.0.1:{free_port()}", "--rps", "1", "--duration", "1", *model
+        )
+        assert proc.returncode == 2 and "cannot reach" in proc.stderr, proc.stderr
 
 
 def test_slo_defaults_come_from_the_slo_settings_and_flags_override_them() -> None:

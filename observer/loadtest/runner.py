@@ -90,7 +90,13 @@ class Runner:
         opts = self.opts
         target = opts.target.rstrip("/")
         async with httpx.AsyncClient(base_url=target, timeout=10.0) as probe:
-            model = opts.model or await resolve_model(probe)
+            if opts.model:
+                # Reachability only (a refused connection is exit 2, not a failed SLO); a server
+                # without /v1/models is fine.
+                await probe.get("/v1/models")
+                model = opts.model
+            else:
+                model = await resolve_model(probe)
         self.driver = Driver(target, model, opts.profile, self.lt.request_timeout_s, seed=opts.seed)
         if opts.metrics_url:
             self.sampler = MetricsSampler(opts.metrics_url, self.lt.metrics_interval_s, t0=self.t0)
