@@ -12,8 +12,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from sqlalchemy import create_engine, text
 
-from observer.collector.mapping import MappingRules, span_to_record
-from observer.store.db import Store
+from observer.collector.mapping import SPAN_COLUMNS, MappingRules, span_to_record
+from observer.store.db import Store, _lock_key
 
 RULES = MappingRules(department_attributes=("department",))
 TRACE = bytes(range(16))
@@ -148,4 +148,39 @@ def test_replicas_starting_together_all_migrate(pg_url):
     assert all(rc == 0 for rc, _ in results), [err[-500:] for _, err in results]
     store = Store(pg_url)
     assert store.count() == 0
+    store.engine.dispose()
+
+
+def test_a_partner_trace_taking_a_span_meanwhile_is_waited_for(pg_url):
+    """The engine half is in a trace of its own (the gateway did not forward traceparent) and is joined
+    by response id to a call already stored. Replica C is storing the app's span with the user in the
+    call's trace while replica B stores the engine span: B must wait for C's trace, or neither sees
+    the complete request and it stays unsettled (uncounted) until the grace expires."""
+    store = Store(pg_url)
+    store.migrate()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    app, call = app_and_call()
+    call["call_id"] = "cmpl-1"  # the call's OpenAI response id, which the engine span reports
+    store.ingest_spans([call], now)
+    own_trace = engine(parent=None)
+    own_trace["trace_id"] = "ab" * 16
+
+    conn = store.engine.connect()
+    tx = conn.begin()  # replica C, halfway through storing the app span
+    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(app["trace_id"])})
+    store._bulk(conn, store._span_upsert_sql, (*SPAN_COLUMNS, "received_at"), [{**app, "received_at": now}])
+    store._resolve(conn, [app], now, None)
+
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (store.ingest_spans([own_trace], now), done.set()))
+    thread.start()
+    waited = not done.wait(0.5)
+    tx.commit()
+    conn.close()
+    thread.join(10)
+    assert waited, "replica B did not wait for the partner trace"
+    rows = _rows(store)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert (row["user_id"], row["input_tokens"], row["settled"]) == ("alice", 321, True)
     store.engine.dispose()

@@ -282,6 +282,13 @@ class Store:
             partners -= set(traces)
             if partners:
                 extra = sorted(partners)
+                if self.dialect == "postgresql":
+                    # The partner trace may be taking a span right now (the app's span with the user,
+                    # on another replica): wait for it, or both resolve without it and the complete
+                    # request stays unsettled until the grace expires. Out of order: a deadlock is
+                    # possible and retried.
+                    for lock in sorted({_lock_key(k) for k in extra}):
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock})
                 loaded.extend(self._load(conn, SPANS.c.trace_id, extra))
                 traces = sorted(set(traces) | partners)
         requests = resolve(loaded)
