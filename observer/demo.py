@@ -127,7 +127,7 @@ async def run_demo(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     console.print(
-        "starting the stack (simulated engines, exporters, observer serve, Prometheus, Alertmanager)..."
+        f"starting the stack (simulated engines, exporters, observer serve, {tsdb}, Alertmanager)..."
     )
     stack = Stack(StackOptions(engines=engines, analytics_refresh_s=15, tsdb=tsdb))
     try:
