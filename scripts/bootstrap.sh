@@ -12,6 +12,7 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)  # also vmalert, vmagent
 command -v chromium >/dev/null 2>&1 || need+=(chromium)  # loadtest HTML report test
 command -v npm >/dev/null 2>&1 || need+=(npm)  # Grafana's own front-end logic (dashboard tests)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)  # TLS engine certificate (exporter tests)
 if ((${#need[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -242,6 +244,46 @@ def test_dns_rebinding_cannot_redirect_the_connection(monkeypatch):
         assert forbidden.requests == []
         # The engine saw the name it was asked by (Host header kept), at the checked address.
         assert allowed.requests == [("/metrics", f"rebind.test:{allowed.port}")]
+
+
+@contextlib.contextmanager
+def tls_engine(tmp_path: Path) -> Iterator[tuple[Engine, list[str], Path]]:
+    """An HTTPS engine with a self-signed certificate for "localhost"; records the SNI names it is sent."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    sni: list[str] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.sni_callback = lambda _sock, name, _ctx: sni.append(name)
+    engine = Engine()
+    engine.server.socket = context.wrap_socket(engine.server.socket, server_side=True)
+    try:
+        yield engine, sni, cert
+    finally:
+        engine.stop()
+
+
+def test_https_keeps_the_name_for_sni_host_and_certificate_check(tmp_path):
+    """The probe connects to the checked address but speaks TLS to the name: SNI and Host are the name,
+    and the certificate is checked against it (a private CA comes from SSL_CERT_FILE, proxies do not)."""
+    with tls_engine(tmp_path) as (engine, sni, cert):
+        port = engine.url.rsplit(":", 1)[1]
+        env = {"SSL_CERT_FILE": str(cert)}
+        with observer_server("engine-exporter", env=env) as (exporter, _):
+            by_name = probe(exporter, f"https://localhost:{port}")
+            by_address = probe(exporter, f"https://127.0.0.1:{port}")  # not a name the certificate has
+    assert up(by_name.text) == 1.0, by_name.text
+    assert "localhost" in sni
+    assert engine.requests == [("/metrics", f"localhost:{port}")]
+    assert up(by_address.text) == 0.0 and reason(by_address.text) == "connect_error"
 
 
 def test_the_exporter_refuses_to_probe_itself(exporter):

@@ -24,12 +24,15 @@ import concurrent.futures
 import contextlib
 import errno
 import ipaddress
+import os
 import socket
+import ssl
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import certifi
 import httpx
 from prometheus_client import PROCESS_COLLECTOR, CollectorRegistry
 
@@ -169,6 +172,15 @@ def _is_local_address(address: str) -> bool:
     return True
 
 
+def _tls_context() -> ssl.SSLContext:
+    """Certifi's CAs, or SSL_CERT_FILE / SSL_CERT_DIR (a private CA): trust_env=False, which keeps proxies
+    out, would drop those two as well."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile or capath:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _own_addresses(listen: tuple[str, int] | None) -> tuple[int, frozenset[str]] | None:
     """(port, addresses) the exporter listens on; no addresses = every local one (0.0.0.0, ::)."""
     if listen is None:
@@ -212,6 +224,7 @@ class Prober:
         self.client = httpx.AsyncClient(
             follow_redirects=False,  # a redirect could point anywhere; the allow-list checked this URL
             trust_env=False,  # HTTP(S)_PROXY would send the probe (and its target) elsewhere
+            verify=_tls_context(),
             timeout=None,  # the probe's deadline bounds everything; httpx's 5 s default must not
             headers={
                 "Accept": "text/plain;version=0.0.4;q=1,*/*;q=0.1",
