@@ -114,7 +114,12 @@ def _engine_exporter_help() -> str:
     multiple=True,
     help="Allowed probe target: CIDR, host name or re:REGEX (repeatable; replaces the default list).",
 )
-@click.option("--allow-any-target", is_flag=True, default=None, help="Disable the SSRF allow-list.")
+@click.option(
+    "--allow-any-target",
+    is_flag=True,
+    default=None,
+    help="Admit any target outside engine_exporter.denied_targets (metadata, link-local); trusted networks.",
+)
 @click.option("--timeout", "default_timeout_s", type=float, help="Probe timeout when Prometheus sends none.")
 @click.option("--max-body-bytes", type=int, help="Largest /metrics body accepted from an engine.")
 @click.option("--max-concurrent-probes", type=int, help="Probes fetching at once; others wait.")
