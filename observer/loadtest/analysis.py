@@ -76,8 +76,11 @@ def summarize(run: RunResult, records: list[Record] | None = None) -> dict[str, 
                 details[r.error] = r.detail
     out_tokens = sum(r.output_tokens for r in ok)
     in_tokens = sum(r.prompt_tokens for r in ok)
-    # Throughput over the sending window: the drain is the server catching up, not offered load.
-    window = max(run.send_window, 1e-9)
+    # Served throughput: completions over the time from the first send to the last completion
+    # (at least the sending window), so a run bounded by --max-requests is not credited with
+    # answers that arrived during the drain.
+    last_done = max((r.end for r in ok if r.end is not None), default=0.0) - run.began
+    window = max(run.send_window, last_done, 1e-9)
     lags = [r.lag for r in records]
     cut_at_end = sum(r.error == "run_ended" for r in records)
     judged = len(records) - cut_at_end
@@ -91,7 +94,7 @@ def summarize(run: RunResult, records: list[Record] | None = None) -> dict[str, 
     return {
         "mode": run.mode,
         "level": run.level,
-        "offered_requests_per_s": round(len(records) / window, 4),
+        "offered_requests_per_s": round(len(records) / max(run.send_window, 1e-9), 4),
         "duration_s": round(run.send_window, 3),
         "stopped_early": run.stopped_early,
         # TTFT and ITL of every request that got that far: a stream cut later still had its first

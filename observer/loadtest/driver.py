@@ -62,6 +62,7 @@ class RunResult:
     started: float  # perf_counter at the run's start (time 0 of the records)
     elapsed: float  # sending window plus drain
     send_window: float
+    began: float = 0.0  # the run's start, seconds from time 0 of the records
     stopped_early: str | None = None
     mode: str = "rate"
     level: float = 0.0  # offered rate (req/s) or concurrency
@@ -273,6 +274,7 @@ class Driver:
             started=t0,
             elapsed=elapsed,
             send_window=send_window,
+            began=start - t0,
             stopped_early=stop_reason,
             mode="rate" if rate is not None else "concurrency",
             level=float(rate if rate is not None else concurrency or 0),
