@@ -19,7 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -28,6 +27,7 @@ from test_victoriametrics import VictoriaMetricsPath
 from alerts.rules import alert_groups, recording_groups
 from observer.config import Settings
 from observer.load.generator import LoadConfig, run_load
+from observer.promql import QueryError, instant_query
 from observer.stack import Stack, StackOptions
 
 PROBES = [
@@ -38,12 +38,13 @@ PROBES = [
 
 
 def instant(url: str, expr: str, at: float) -> dict[tuple, float] | str:
-    body = httpx.get(url + "/api/v1/query", params={"query": expr, "time": at}, timeout=30).json()
-    if body["status"] != "success":
-        return str(body.get("error"))
+    try:
+        result = instant_query(url, expr, at=at, timeout=30)
+    except QueryError as exc:
+        return str(exc)
     return {
         tuple(sorted((k, v) for k, v in r["metric"].items() if k != "__name__")): float(r["value"][1])
-        for r in body["data"]["result"]
+        for r in result
     }
 
 

@@ -32,6 +32,7 @@ from support import Process, binary, observer_server, simulator, wait_http
 
 from observer.load.generator import LoadConfig, run_load
 from observer.netutil import free_port
+from observer.promql import instant_query
 from observer.stack import prometheus_args, victoriametrics_args, vmagent_args
 
 
@@ -89,8 +90,7 @@ def run_store(store: str, targets: list[str], args: argparse.Namespace) -> dict[
         s0, c0, t0 = samples(), sum(cpu_seconds(p) for p in pids), time.monotonic()
         time.sleep(args.duration)
         s1, c1, t1 = samples(), sum(cpu_seconds(p) for p in pids), time.monotonic()
-        body = httpx.get(url + "/api/v1/query", params={"query": 'count({job="engines"})'}, timeout=30).json()
-        active = float(body["data"]["result"][0]["value"][1])
+        active = float(instant_query(url, 'count({job="engines"})', timeout=30)[0]["value"][1])
         return {
             "active_series": active,
             "samples_per_s": (s1 - s0) / (t1 - t0),

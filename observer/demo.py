@@ -21,14 +21,14 @@ from rich.live import Live
 from rich.table import Table
 
 from observer.load.generator import LoadConfig, run_load
+from observer.promql import instant_query
 from observer.stack import Stack, StackOptions
 
 
 def _query(prom: str, expr: str) -> list[dict]:
     try:
-        body = httpx.get(f"{prom}/api/v1/query", params={"query": expr}, timeout=3).json()
-        return body["data"]["result"] if body.get("status") == "success" else []
-    except (httpx.HTTPError, ValueError, KeyError):
+        return instant_query(prom, expr, timeout=3)
+    except (httpx.HTTPError, ValueError):  # the view shows "-" until Prometheus has data
         return []
 
 

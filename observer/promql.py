@@ -1,8 +1,12 @@
-"""Just enough PromQL lexing to list the metric names an expression reads (for catalog checks)."""
+"""PromQL: just enough lexing to list the metric names an expression reads (for catalog checks), and
+the one small instant-query client the demo, the cost report, the tests and the benchmarks share."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
+
+import httpx
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _MATCHERS = re.compile(r"\{[^{}]*\}")
@@ -106,3 +110,29 @@ def metric_names(expr: str) -> set[str]:
             continue
         names.add(token)
     return names
+
+
+class QueryError(ValueError):
+    """The server answered, but not with a result (bad expression, unsupported function...)."""
+
+
+def instant_query(
+    url: str, expr: str, *, at: float | None = None, timeout: float = 10
+) -> list[dict[str, Any]]:
+    """The result of an instant query against a Prometheus-compatible ``url`` (``/api/v1/query``).
+
+    Each item is ``{"metric": {...}, "value": [time, "text"]}``. Raises :class:`QueryError` when the
+    server reports a failure, ``httpx.HTTPError`` when it cannot be reached, ``ValueError`` for a body
+    that is not JSON: callers that show "no data" instead catch ``(httpx.HTTPError, ValueError)``.
+    """
+    params: dict[str, str | float] = {"query": expr}
+    if at is not None:
+        params["time"] = at
+    body = httpx.get(f"{url.rstrip('/')}/api/v1/query", params=params, timeout=timeout).json()
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error", body) if isinstance(body, dict) else body
+        raise QueryError(f"query {expr!r} failed: {error}")
+    try:
+        return body["data"]["result"]
+    except (KeyError, TypeError) as exc:
+        raise QueryError(f"query {expr!r}: no data.result in the answer") from exc

@@ -20,6 +20,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from observer.netutil import free_port
+from observer.promql import instant_query
 from observer.stack import alertmanager_args, alertmanager_config, prometheus_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,11 +150,7 @@ class Prometheus:
             raise
 
     def query(self, promql: str) -> list[dict[str, Any]]:
-        resp = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
-        body = resp.json()
-        if body.get("status") != "success":
-            raise AssertionError(f"query {promql!r} failed: {body}")
-        return body["data"]["result"]
+        return instant_query(self.url, promql)
 
     def wait_for(
         self, promql: str, predicate=lambda r: bool(r), timeout: float = 30.0

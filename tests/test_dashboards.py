@@ -24,7 +24,7 @@ from dashboards.lib import NEUTRAL, PANEL_TYPES, TAG, Panel
 from observer.catalog import CATALOG, exposed_series_names
 from observer.config import Settings, load_settings
 from observer.load.generator import LoadConfig, run_load
-from observer.promql import metric_names
+from observer.promql import instant_query, metric_names
 from observer.stack import Stack, StackOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,17 +331,13 @@ def test_thresholds_are_the_settings(settings):
 
 
 def _instant(prom: str, expr: str) -> list[dict]:
-    import httpx
-
     q = (
         expr.replace("$__rate_interval", "30s")
         .replace("$job", ".+")
         .replace("$instance", ".+")
         .replace("$model", ".+")
     )
-    body = httpx.get(f"{prom}/api/v1/query", params={"query": q}, timeout=10).json()
-    assert body["status"] == "success", (q, body)
-    return body["data"]["result"]
+    return instant_query(prom, q)
 
 
 @pytest.mark.integration

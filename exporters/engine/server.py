@@ -20,8 +20,7 @@ from exporters.engine.allowlist import TargetRefused
 from exporters.engine.mappings import engine_names, known_engines_text
 from exporters.engine.probe import Prober
 from observer.config import EngineExporterSettings
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from observer.exposition import CONTENT_TYPE
 
 INDEX = f"""LLM Observer engine exporter
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 import httpx
 
 from observer.config import CostSettings, Settings
+from observer.promql import instant_query
 
 JOULES_PER_KWH = 3.6e6
 
@@ -100,9 +101,8 @@ def measured_energy_kwh(prometheus_url: str, window_days: int) -> float | None:
     """Energy of every GPU over the window from Prometheus, or None if it can't say."""
     query = f"sum(increase(gpu_energy_joules_total[{window_days}d]))"
     try:
-        resp = httpx.get(f"{prometheus_url.rstrip('/')}/api/v1/query", params={"query": query}, timeout=5)
-        result = resp.json()["data"]["result"]
-    except (httpx.HTTPError, KeyError, ValueError):
+        result = instant_query(prometheus_url, query, timeout=5)
+    except (httpx.HTTPError, ValueError):
         return None
     if not result:
         return None

@@ -19,11 +19,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
 
 from observer.config import SimulatorSettings
+from observer.exposition import CONTENT_TYPE
 from observer.simulator.engine import Engine, RequestHandle, count_tokens
 from observer.simulator.tracing import RequestTracer
 
-# vLLM serves its metrics with the classic text format content type.
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SIMULATED_VLLM_VERSION = "0.32.0"  # the release whose /metrics shape it copies (tests diff them)
 
 _WORDS = (
@@ -284,7 +283,8 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(engine.metrics.registry), media_type=METRICS_CONTENT_TYPE)
+        # vLLM serves its metrics with the classic text format content type, as observer does.
+        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict:
