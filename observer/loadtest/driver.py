@@ -196,7 +196,7 @@ class Driver:
 
         def launch(lag: float) -> asyncio.Task:
             scenario, payload = self._body()
-            rec = Record(scenario=scenario, start=0.0, lag=lag)
+            rec = Record(scenario=scenario, start=time.perf_counter() - t0, lag=lag)
             records.append(rec)
             task = asyncio.create_task(self._send(rec, payload, t0))
             tasks.add(task)
