@@ -85,7 +85,7 @@ def wait_rows(db: str, calls: list[dict], engine_spans: bool, timeout: float = 6
     while True:
         rows = stored(db)
         joined = sum(1 for r in rows if r["engine_span_id"])
-        served = sum(1 for c in calls if c["outcome"] != "error")
+        served = sum(1 for c in calls if c["outcome"] == "success")
         if (
             len(rows) == len(calls) and (joined == served or not engine_spans)
         ) or time.monotonic() > deadline:
@@ -110,8 +110,10 @@ def check(calls: list[dict], base: str, db: str, engine_spans: bool) -> None:
         elif call["outcome"] == "success":
             # A stream without usage: only the engine half can tell the tokens.
             assert (row["output_tokens"] is not None) == engine_spans, row
-        if call["outcome"] != "error":
-            assert (row["engine_span_id"] is not None) == engine_spans, row
+        if call["outcome"] == "success":
+            assert (row["engine_span_id"] is not None) == engine_spans, (call, row)
+        # An abandoned stream: vLLM drops a disconnected request before recording anything (no span),
+        # so its row stands on the app's spans alone, still one row, still an abort.
     counted = m["llm_usage_requests_total"]
     assert sum(counted.values()) == len(calls)
     models = {dict(labels)["model"] for labels in counted}
