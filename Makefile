@@ -1,6 +1,6 @@
 # The two commands a newcomer needs (README): `make demo` and `make test`.
 # Both set up everything first (Debian packages, .venv) through scripts/bootstrap.sh.
-.PHONY: demo test lint format bootstrap
+.PHONY: demo test lint format bootstrap real-engines
 
 bootstrap:
 	@scripts/bootstrap.sh
