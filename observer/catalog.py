@@ -596,7 +596,8 @@ COLLECTOR_SELF: tuple[MetricSpec, ...] = (
     MetricSpec(
         "observer_collector_spans_rejected_total",
         "counter",
-        "Spans rejected, by reason (malformed, too_large, unauthorized, store_unavailable, invalid_span).",
+        "Spans rejected, by reason (malformed, too_large, unauthorized, store_unavailable, invalid_span,"
+        " trace_too_large).",
         labels=("reason",),
         schema="observer",
     ),

@@ -145,6 +145,26 @@ class GpuExporterSettings(_Section):
     critical_xids: list[int] = Field(default_factory=lambda: [48, 63, 64, 74, 79, 92, 94, 95, 119, 120])
 
 
+# Defaults of CollectorSettings.user_attributes / department_attributes (and of the collector's
+# MappingRules): OpenTelemetry (user.id, enduser.id), LiteLLM (llm.user, metadata.*), common team keys.
+USER_ATTRIBUTES = (
+    "user.id",
+    "enduser.id",
+    "llm.user",
+    "metadata.user_api_key_end_user_id",
+    "metadata.user_api_key_user_id",
+    "user.hash",
+)
+DEPARTMENT_ATTRIBUTES = (
+    "department",
+    "user.department",
+    "team",
+    "enduser.department",
+    "org.unit",
+    "metadata.user_api_key_team_alias",
+)
+
+
 class CollectorSettings(_Section):
     """The OTLP/HTTP trace receiver inside ``observer serve``."""
 
@@ -180,27 +200,9 @@ class CollectorSettings(_Section):
     # Span attributes that carry the user, first match wins; looked up on the request's spans, then on
     # their ancestors in the trace (the app's own request span), so baggage copied onto spans counts.
     # Defaults cover OpenTelemetry (user.id, enduser.id) and LiteLLM (llm.user, metadata.*).
-    user_attributes: list[str] = Field(
-        default_factory=lambda: [
-            "user.id",
-            "enduser.id",
-            "llm.user",
-            "metadata.user_api_key_end_user_id",
-            "metadata.user_api_key_user_id",
-            "user.hash",
-        ]
-    )
+    user_attributes: list[str] = Field(default_factory=lambda: list(USER_ATTRIBUTES))
     # Span attributes that carry the department/team, first match wins (same lookup as users).
-    department_attributes: list[str] = Field(
-        default_factory=lambda: [
-            "department",
-            "user.department",
-            "team",
-            "enduser.department",
-            "org.unit",
-            "metadata.user_api_key_team_alias",
-        ]
-    )
+    department_attributes: list[str] = Field(default_factory=lambda: list(DEPARTMENT_ATTRIBUTES))
     # Models the fleet serves, always kept as `model` label values. Beyond these, the first
     # top_models models an engine confirmed (on its span, or in the response it sent) keep their
     # name; a model name that only a caller typed folds into "other" (callers control that string).
@@ -208,6 +210,9 @@ class CollectorSettings(_Section):
     top_models: int = Field(20, ge=0)
     # Spans are kept this long to join halves that arrive late (app spans flush after the call's).
     join_window_s: float = Field(3600.0, ge=60)
+    # A trace keeps at most this many spans (each batch re-reads the traces it touches); further spans
+    # of it are refused with a reason (OTLP partial success). A request chain needs a handful.
+    max_spans_per_trace: int = Field(2000, ge=16)
     # Spans starting further in the future than this (clock skew) are rejected with a reason.
     max_clock_skew_s: float = Field(300.0, ge=0)
     # Departments always kept as labels; beyond these, the first top_departments distinct values seen

@@ -182,3 +182,25 @@ def test_spans_from_the_far_past_or_future_are_rejected_alone(store):
     result = collector.ingest(body(good + stale + future), PROTOBUF)
     assert result.rejected == 4 and "retention window or in the future" in result.message
     assert result.requests == 3 and store.count() == 3
+
+
+def test_a_trace_keeps_at_most_its_cap_of_spans_and_other_traces_are_untouched(store):
+    """An endless (or hostile) trace cannot make every batch that touches it cost more than the last."""
+    collector = TraceCollector(store, CollectorSettings(max_spans_per_trace=16), CollectorRegistry())
+    trace_id, now = os.urandom(16), time.time_ns()
+    flood = [
+        Span(
+            trace_id=trace_id,
+            span_id=os.urandom(8),
+            parent_span_id=os.urandom(8),
+            name="db.query",
+            start_time_unix_nano=now,
+            end_time_unix_nano=now + 1,
+        )
+        for _ in range(30)
+    ]
+    first = collector.ingest(body(flood[:10] + request_spans(1)), PROTOBUF)
+    assert first.rejected == 0
+    second = collector.ingest(body(flood[10:] + request_spans(2)), PROTOBUF)
+    assert second.rejected == 14 and "max_spans_per_trace" in second.message  # 10 + 6 kept, 14 refused
+    assert second.requests == 2 and store.count() == 3  # the batchmates' requests are all there

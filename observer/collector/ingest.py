@@ -107,11 +107,19 @@ class TraceCollector:
         for key, n in dropped.items():
             self.m_dropped.labels(attribute=key).inc(n)
         try:
-            rows = self.store.ingest_spans(records, now, self.served_by_service)
+            rows, too_many = self.store.ingest_spans(
+                records, now, self.served_by_service, self.settings.max_spans_per_trace
+            )
         except StoreUnavailable:
             self.m_store_up.set(0)
             self.m_rejected.labels(reason="store_unavailable").inc(spans)
             raise
+        if too_many:
+            rejected += too_many
+            self.m_rejected.labels(reason="trace_too_large").inc(too_many)
+            first_error = first_error or (
+                f"trace over collector.max_spans_per_trace ({self.settings.max_spans_per_trace} spans)"
+            )
         self._learn_served(rows)
         self.m_store_up.set(1)
         self.m_duration.observe(time.perf_counter() - start)

@@ -213,15 +213,24 @@ class Store:
         spans: list[dict[str, Any]],
         now: datetime,
         served_by_service: dict[str, str] | None = None,
-    ) -> list[dict[str, Any]]:
+        max_spans_per_trace: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
         """Store spans and re-resolve every trace they touch into request rows, in one transaction.
 
         The result depends only on the set of spans stored, never on the order they came in. Rows
         whose key moved (a root arrived late) are replaced, and a replaced row that was already
-        counted passes that on, so nothing is counted twice. Returns the request rows written."""
+        counted passes that on, so nothing is counted twice. Every batch re-reads the traces it
+        touches, so a trace keeps at most ``max_spans_per_trace`` spans: beyond that a sender (an
+        endless agent session, or a hostile one) would make each batch cost more than the last.
+        Returns the request rows written and the number of spans refused for that cap."""
         if not spans:
-            return []
+            return [], 0
         spans = sorted({_span_key(s): s for s in spans}.values(), key=_span_key)
+        refused = 0
+        if max_spans_per_trace is not None:
+            spans, refused = self._within_cap(spans, max_spans_per_trace)
+            if not spans:
+                return [], refused
         rows = [{**s, "received_at": now} for s in spans]
         traces = sorted({s["trace_id"] for s in spans})
         call_ids = sorted({s["call_id"] for s in spans if s.get("call_id")})
@@ -236,7 +245,32 @@ class Store:
             self._bulk(conn, self._span_upsert_sql, (*SPAN_COLUMNS, "received_at"), rows)
             return self._resolve(conn, spans, now, served_by_service)
 
-        return self._transact(work)
+        return self._transact(work), refused
+
+    def _within_cap(self, spans: list[dict[str, Any]], cap: int) -> tuple[list[dict[str, Any]], int]:
+        """The spans that fit their trace's cap (sizes read apart from the write transaction, so
+        SQLite's writer is never a reader first; two batches racing may pass the cap by one batch)."""
+        traces = sorted({s["trace_id"] for s in spans})
+        sizes: dict[str, int] = {}
+        c = SPANS.c
+        try:
+            with self.engine.connect() as conn:
+                for i in range(0, len(traces), _CHUNK):
+                    q = (
+                        select(c.trace_id, func.count())
+                        .where(c.trace_id.in_(traces[i : i + _CHUNK]))
+                        .group_by(c.trace_id)
+                    )
+                    sizes.update({t: n for t, n in conn.execute(q)})
+        except DBAPIError as exc:
+            raise StoreUnavailable(_first_line(exc)) from None
+        kept = []
+        for s in spans:
+            n = sizes.get(s["trace_id"], 0)
+            if n < cap:
+                sizes[s["trace_id"]] = n + 1
+                kept.append(s)
+        return kept, len(spans) - len(kept)
 
     def _load(
         self, conn: Any, column: Any, values: list[str], before: datetime | None = None
