@@ -228,15 +228,19 @@ def test_llama_cpp_old():
     assert v(m, "llm_prompt_tokens_total", model="gguf", dp_rank="0") == 2048
 
 
-def test_llama_cpp_newest_prompt_tokens_include_cached():
-    m = probe_fixture("llamacpp-b11434.txt", model="tiny")
+def test_llama_cpp_real_b11434_prompt_tokens_include_cached():
+    """Real llama-server b11434 under load (tests/fixtures/engines/real/README.md)."""
+    m = probe_fixture("real/llamacpp-b11434-load.txt", model="tiny")
     t = {"model": "tiny", "dp_rank": "0"}
-    assert v(m, "llm_prompt_tokens_total", **t) == 3000 + 1000  # computed + cached, as vLLM counts
-    assert v(m, "llm_prompt_tokens_cached_total", **t) == 1000
-    assert v(m, "llm_generation_tokens_total", **t) == 800
-    assert (v(m, "llm_requests_running", **t), v(m, "llm_requests_waiting", **t)) == (2, 1)
+    # prompt_tokens_total 1926 excludes cache hits, prompt_tokens_cached_total 2281 counts them.
+    assert v(m, "llm_prompt_tokens_total", **t) == 1926 + 2281  # all prompt tokens, as vLLM counts
+    assert v(m, "llm_prompt_tokens_cached_total", **t) == 2281
+    assert v(m, "llm_generation_tokens_total", **t) == 431
+    assert (v(m, "llm_requests_running", **t), v(m, "llm_requests_waiting", **t)) == (4, 2)
     assert v(m, "llm_spec_decode_draft_tokens_total", **t) == 0
     assert not any(n.startswith("llm_kv_cache") for n in names(m))  # llama.cpp has no KV metric now
+    idle = probe_fixture("real/llamacpp-b11434-idle.txt", model="tiny")
+    assert v(idle, "llm_prompt_tokens_total", **t) == 0
 
 
 @pytest.mark.parametrize("engine", ENGINES, ids=lambda e: e.kind)

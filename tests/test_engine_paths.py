@@ -16,7 +16,7 @@ from observer.netutil import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engines"
 TRTLLM = (FIXTURES / "trtllm-1.2.txt").read_bytes()
-LLAMA = (FIXTURES / "llamacpp-b11434.txt").read_bytes()
+LLAMA = (FIXTURES / "real" / "llamacpp-b11434-load.txt").read_bytes()
 
 
 class _Engines(BaseHTTPRequestHandler):
@@ -94,7 +94,9 @@ def test_llama_cpp_router_mode_is_asked_with_the_model(fleet):
     base, handler = targets["router"]
     text = probe(exporter, base, model="tiny/gguf")
     assert "llm_engine_up 1.0" in text
-    assert 'llm_prompt_tokens_total{model="tiny/gguf",dp_rank="0"} 4000.0' in text  # computed + cached
+    assert (
+        'llm_prompt_tokens_total{model="tiny/gguf",dp_rank="0"} 4207.0' in text
+    )  # 1926 computed + 2281 cached
     assert "/metrics?model=tiny%2Fgguf" in handler.seen
     failed = probe(exporter, base)  # no model: router mode has nothing to say, and the probe says why
     assert "llm_engine_up 0.0" in failed and "llm_engine_probe_error" in failed

@@ -405,7 +405,7 @@ LLAMA_CPP = EngineMapping(
     model_label=None,
     dp_label=None,
     markers=("llamacpp:",),
-    newest_fixture="llamacpp-b11434.txt",
+    newest_fixture="real/llamacpp-b11434-load.txt",
     model_metrics_path="/metrics?model={model}",
     concepts=(
         Concept("llm_requests_running", (one(_g("llamacpp:requests_processing")),)),
