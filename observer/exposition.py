@@ -8,9 +8,14 @@ them directly is several times cheaper than registering and collecting metric ob
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
+from typing import TYPE_CHECKING
 
 from observer.catalog import spec
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -45,3 +50,17 @@ def header(name: str) -> tuple[str, str]:
     reports "no help text" for a counter whose HELP names ``x`` but whose samples are ``x_total``."""
     s = spec(name)
     return f"# HELP {s.name} {s.help}", f"# TYPE {s.name} {s.type}"
+
+
+def add_health_and_metrics(app: FastAPI, render: Callable[[], bytes]) -> None:
+    """The two routes every one of our exporters and the simulator serve: ``GET /health`` (200 while
+    the process answers) and ``GET /metrics`` (``render()`` in the text format)."""
+    from fastapi.responses import Response
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render(), media_type=CONTENT_TYPE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -191,6 +192,57 @@ class Alertmanager:
     def stop(self) -> None:
         self.proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def alert_events(observer_url: str, alertname: str, status: str, timeout: float) -> list[dict]:
+    """The incident log's events of ``alertname`` with ``status`` (firing/resolved) once there are any,
+    or [] after ``timeout`` seconds (the caller asserts)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = httpx.get(observer_url + "/api/v1/alerts", params={"alertname": alertname}).json()
+        events = [a for a in log["alerts"] if a["status"] == status]
+        if events or time.monotonic() > deadline:
+            return events
+        time.sleep(0.5)
+
+
+def drive_stack(stack: Any, users: int = 40, rps: float = 6, duration: float = 25) -> None:
+    """Synthetic users on every engine of an ``observer.stack.Stack`` at once, their spans and feedback
+    sent to its ``observer serve``: data for every panel and analytics gauge."""
+    from observer.load.generator import LoadConfig, run_load
+
+    async def drive() -> None:
+        configs = [
+            LoadConfig(
+                target=engine.url,
+                users=users,
+                rps=rps,
+                duration=duration,
+                seed=i + 1,
+                grace_s=5,
+                otlp_traces_endpoint=stack.serve.url,
+                feedback_url=stack.serve.url,
+                feedback_share=0.5,
+            )
+            for i, engine in enumerate(stack.engines)
+        ]
+        await asyncio.gather(*(run_load(config) for config in configs))
+
+    asyncio.run(drive())
+
+
+def panels_without_data(boards: dict[str, Any], query: Any) -> dict[str, list[str]]:
+    """Board name -> "panel: [queries]" for every panel whose queries return nothing through ``query``
+    (expr -> result list), unless the panel says why it may be empty. Text panels have no query."""
+    empty: dict[str, list[str]] = {}
+    for name, board in boards.items():
+        for panel in board.panels():
+            if panel.kind in ("text", "alertlist"):
+                continue
+            missing = [q.expr for q in panel.queries if not query(q.expr)]
+            if missing and not panel.may_be_empty:
+                empty.setdefault(name, []).append(f"{panel.title}: {missing}")
+    return empty
 
 
 @contextmanager

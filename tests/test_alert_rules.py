@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from support import Alertmanager, Prometheus, binary, observer_server, simulator
+from support import Alertmanager, Prometheus, alert_events, binary, observer_server, simulator
 
 from alerts.model import expand, humanize_duration, humanize_percentage
 from alerts.recording import recording_groups, slo_windows
@@ -21,6 +21,7 @@ from observer.catalog import CATALOG, exposed_series_names
 from observer.config import Settings, load_settings
 from observer.load.generator import LoadConfig, run_load
 from observer.promql import metric_names
+from observer.stack import probe_scrape_job
 
 ALERTS_DIR = Path(__file__).resolve().parents[1] / "alerts"
 RUNBOOKS = Path(__file__).resolve().parents[1] / "docs" / "runbooks.md"
@@ -261,18 +262,8 @@ def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):
     ):
         am = Alertmanager(serve + "/api/v1/alerts/webhook")
         target = sim.removeprefix("http://")
-        job = {
-            "job_name": "llm-engines",
-            "metrics_path": "/probe",
-            "scrape_interval": "1s",
-            "scrape_timeout": "1s",
-            "static_configs": [{"targets": [target]}],
-            "relabel_configs": [
-                {"source_labels": ["__address__"], "target_label": "__param_target"},
-                {"source_labels": ["__param_target"], "target_label": "instance"},
-                {"target_label": "__address__", "replacement": exporter.removeprefix("http://")},
-            ],
-        }
+        exporters = [exporter.removeprefix("http://")]
+        job = probe_scrape_job("llm-engines", [target], exporters, scrape_interval="1s", scrape_timeout="1s")
         prom = Prometheus(
             [job],
             rule_files=sorted(str(p) for p in rules),
@@ -293,20 +284,12 @@ def test_end_to_end_kv_saturation_alert_fires_and_resolves(tmp_path):
             start = time.monotonic()
             asyncio.run(run_load(load))  # returns once the overload is over (stragglers cancelled)
 
-            def events(status: str) -> list[dict]:
-                log = httpx.get(serve + "/api/v1/alerts", params={"alertname": "LLMKVCacheSaturated"}).json()
-                return [a for a in log["alerts"] if a["status"] == status]
-
-            deadline = time.monotonic() + 30
-            while not events("firing") and time.monotonic() < deadline:
-                time.sleep(0.5)
-            firing = events("firing")
+            firing = alert_events(serve, "LLMKVCacheSaturated", "firing", timeout=30)
             assert firing, "LLMKVCacheSaturated never reached the webhook"
             assert firing[0]["labels"]["model"] == "m-e2e" and firing[0]["labels"]["instance"] == target
             assert firing[0]["annotations"]["runbook_url"].endswith("#llmkvcachesaturated")
-            while not events("resolved") and time.monotonic() < deadline + 30:
-                time.sleep(0.5)
-            assert events("resolved"), "the resolution never arrived after the load stopped"
+            resolved = alert_events(serve, "LLMKVCacheSaturated", "resolved", timeout=60)
+            assert resolved, "the resolution never arrived after the load stopped"
             print(f"\nKV saturation: fired and resolved end to end within {time.monotonic() - start:.0f}s")
         finally:
             prom.stop()

@@ -3,7 +3,6 @@ every panel against live data, for the default settings and for an unusual setti
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import binary
+from support import binary, drive_stack, panels_without_data
 
 from alerts.recording import recording_groups, slo_windows
 from dashboards.__main__ import render
@@ -23,7 +22,6 @@ from dashboards.grafana_schema import GRAFANA_VERSION, SDK_VERSION, check_dashbo
 from dashboards.lib import NEUTRAL, PANEL_TYPES, TAG, Panel
 from observer.catalog import CATALOG, exposed_series_names
 from observer.config import Settings, load_settings
-from observer.load.generator import LoadConfig, run_load
 from observer.promql import instant_query, metric_names
 from observer.stack import Stack, StackOptions
 
@@ -354,36 +352,9 @@ def test_every_panel_returns_data_from_the_demo_stack(settings, tmp_path):
         assert stack.prometheus_url, "Prometheus is required (installed by .ci/run)"
         assert stack.serve is not None
 
-        async def drive() -> None:
-            await asyncio.gather(
-                *(
-                    run_load(
-                        LoadConfig(
-                            target=e.url,
-                            users=40,
-                            rps=6,
-                            duration=25,
-                            seed=i + 1,
-                            grace_s=5,
-                            otlp_traces_endpoint=stack.serve.url,
-                            feedback_url=stack.serve.url,
-                            feedback_share=0.5,
-                        )
-                    )
-                    for i, e in enumerate(stack.engines)
-                )
-            )
-
-        asyncio.run(drive())
+        drive_stack(stack)
         time.sleep(6)  # a few more scrapes, rule evaluations and an analytics refresh
-        empty: dict[str, list[str]] = {}
-        for name, board in BUILT[settings].items():
-            for p in board.panels():
-                if p.kind in ("text", "alertlist"):
-                    continue
-                missing = [q.expr for q in p.queries if not _instant(stack.prometheus_url, q.expr)]
-                if missing and not p.may_be_empty:
-                    empty.setdefault(name, []).append(f"{p.title}: {missing}")
+        empty = panels_without_data(BUILT[settings], lambda expr: _instant(stack.prometheus_url, expr))
         assert not empty, "panels without data:\n" + json.dumps(empty, indent=2)
 
 

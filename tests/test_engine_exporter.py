@@ -13,6 +13,7 @@ from support import Prometheus, observer_server, scrape, simulator
 
 from exporters.engine.allowlist import AllowList, TargetRefused, parse_target
 from observer.netutil import free_port
+from observer.stack import probe_scrape_job
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "engines" / "vllm-0.11.txt").read_bytes()
 
@@ -216,20 +217,10 @@ def test_real_prometheus_multi_target_and_a_killed_engine(tmp_path):
         observer_server("engine-exporter") as (exporter, _),
     ):
         a, b = sim_a.removeprefix("http://"), sim_b.removeprefix("http://")
-        job = {
-            "job_name": "llm-engines",
-            "metrics_path": "/probe",
-            "scrape_interval": "1s",
-            "scrape_timeout": "1s",
-            "static_configs": [{"targets": [a, b]}],
-            # The multi-target pattern: the target becomes a parameter and the instance label;
-            # the exporter's own address is what Prometheus actually connects to.
-            "relabel_configs": [
-                {"source_labels": ["__address__"], "target_label": "__param_target"},
-                {"source_labels": ["__param_target"], "target_label": "instance"},
-                {"target_label": "__address__", "replacement": exporter.removeprefix("http://")},
-            ],
-        }
+        # The multi-target pattern: the target becomes a parameter and the instance label;
+        # the exporter's own address is what Prometheus actually connects to.
+        exporters = [exporter.removeprefix("http://")]
+        job = probe_scrape_job("llm-engines", [a, b], exporters, scrape_interval="1s", scrape_timeout="1s")
         prom = Prometheus([job])
         try:
             running = prom.wait_for(f'llm_requests_running{{instance="{a}"}}')

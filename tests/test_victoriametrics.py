@@ -11,16 +11,26 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
-from support import Alertmanager, Process, binary, observer_server, simulator, wait_http
+from support import (
+    Alertmanager,
+    Process,
+    alert_events,
+    binary,
+    drive_stack,
+    observer_server,
+    panels_without_data,
+    simulator,
+    wait_http,
+)
 
 from alerts.rules import write_rule_files
 from dashboards.boards import BOARDS
 from observer.config import Settings
 from observer.load.generator import LoadConfig, run_load
 from observer.netutil import free_port
+from observer.promql import instant_query
 from observer.stack import (
     Stack,
     StackOptions,
@@ -37,9 +47,7 @@ def query(tsdb: str, expr: str) -> list[dict]:
     """An instant query with the dashboards' Grafana variables filled in as test_dashboards does."""
     for var, value in (("$__rate_interval", "30s"), ("$job", ".+"), ("$instance", ".+"), ("$model", ".+")):
         expr = expr.replace(var, value)
-    body = httpx.get(f"{tsdb}/api/v1/query", params={"query": expr}, timeout=10).json()
-    assert body["status"] == "success", (expr, body)
-    return body["data"]["result"]
+    return instant_query(tsdb, expr)
 
 
 def wait_for(tsdb: str, expr: str, timeout: float = 45) -> list[dict]:
@@ -150,20 +158,12 @@ def test_kv_saturation_pages_through_vmalert_alertmanager_and_the_webhook(tmp_pa
             start = time.monotonic()
             asyncio.run(run_load(load))
 
-            def events(status: str) -> list[dict]:
-                log = httpx.get(serve + "/api/v1/alerts", params={"alertname": "LLMKVCacheSaturated"}).json()
-                return [a for a in log["alerts"] if a["status"] == status]
-
-            deadline = time.monotonic() + 40
-            while not events("firing") and time.monotonic() < deadline:
-                time.sleep(0.5)
-            firing = events("firing")
+            firing = alert_events(serve, "LLMKVCacheSaturated", "firing", timeout=60)
             assert firing, "LLMKVCacheSaturated never reached the webhook through vmalert"
             assert firing[0]["labels"]["model"] == "m-vm" and firing[0]["labels"]["instance"] == target
             assert firing[0]["annotations"]["runbook_url"].endswith("#llmkvcachesaturated")
-            while not events("resolved") and time.monotonic() < deadline + 40:
-                time.sleep(0.5)
-            assert events("resolved"), "the resolution never arrived after the load stopped"
+            resolved = alert_events(serve, "LLMKVCacheSaturated", "resolved", timeout=80)
+            assert resolved, "the resolution never arrived after the load stopped"
             # vmalert wrote the alert back as ALERTS (the series the alerts dashboard reads), labelled as
             # Prometheus labels it: no vmalert-only alertgroup label.
             recorded = wait_for(
@@ -192,36 +192,10 @@ def test_every_panel_returns_data_from_victoriametrics(tmp_path):
         assert stack.query_url == stack.victoriametrics_url and stack.serve is not None
         wait_for(stack.victoriametrics_url, "llm_engine_up == 1")  # new series are searchable after ~10 s
 
-        async def drive() -> None:
-            await asyncio.gather(
-                *(
-                    run_load(
-                        LoadConfig(
-                            target=e.url,
-                            users=40,
-                            rps=6,
-                            duration=25,
-                            seed=i + 1,
-                            grace_s=5,
-                            otlp_traces_endpoint=stack.serve.url,
-                            feedback_url=stack.serve.url,
-                            feedback_share=0.5,
-                        )
-                    )
-                    for i, e in enumerate(stack.engines)
-                )
-            )
-
-        asyncio.run(drive())
+        drive_stack(stack)
         time.sleep(12)  # VictoriaMetrics makes a new series searchable ~10 s after its first sample
-        empty: dict[str, list[str]] = {}
-        for name, build in BOARDS.items():
-            for p in build(options.settings).panels():
-                if p.kind == "text":
-                    continue
-                missing = [q.expr for q in p.queries if not query(stack.victoriametrics_url, q.expr)]
-                if missing and not p.may_be_empty:
-                    empty.setdefault(name, []).append(f"{p.title}: {missing}")
+        boards = {name: build(options.settings) for name, build in BOARDS.items()}
+        empty = panels_without_data(boards, lambda expr: query(stack.victoriametrics_url, expr))
         assert not empty, "panels without data on VictoriaMetrics:\n" + json.dumps(empty, indent=2)
 
 

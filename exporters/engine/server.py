@@ -20,7 +20,7 @@ from exporters.engine.allowlist import TargetRefused
 from exporters.engine.mappings import engine_names, known_engines_text
 from exporters.engine.probe import Prober
 from observer.config import EngineExporterSettings
-from observer.exposition import CONTENT_TYPE
+from observer.exposition import CONTENT_TYPE, add_health_and_metrics
 
 INDEX = f"""LLM Observer engine exporter
 
@@ -50,14 +50,7 @@ def create_app(settings: EngineExporterSettings, listen: tuple[str, int] | None 
     async def index() -> str:
         return INDEX
 
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        assert prober is not None
-        return Response(generate_latest(prober.registry), media_type=CONTENT_TYPE)
+    add_health_and_metrics(app, lambda: generate_latest(prober.registry))  # prober: set at startup
 
     @app.get("/probe")
     async def probe(request: Request, target: str = "", model: str = "", engine: str = "") -> Response:

@@ -9,12 +9,11 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
-from fastapi.responses import Response
 from prometheus_client import PROCESS_COLLECTOR, CollectorRegistry, generate_latest
 
 from exporters.engine.parse import iter_samples
 from exporters.gpu.sampler import GpuSampler
-from observer.exposition import CONTENT_TYPE
+from observer.exposition import add_health_and_metrics
 
 _RUNNING = frozenset({"vllm:num_requests_running", "llm_requests_running"})
 
@@ -56,12 +55,6 @@ def create_app(sampler: GpuSampler, on_stop: Callable[[], None] | None = None) -
 
     app = FastAPI(title="LLM Observer GPU exporter", lifespan=lifespan)
 
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(sampler.text.encode() + generate_latest(registry), media_type=CONTENT_TYPE)
+    add_health_and_metrics(app, lambda: sampler.text.encode() + generate_latest(registry))
 
     return app

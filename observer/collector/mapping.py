@@ -32,6 +32,8 @@ from typing import Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from observer.config import DEPARTMENT_ATTRIBUTES, USER_ATTRIBUTES
+
 ENGINE, CALL, LINK = "engine", "call", "link"
 
 # The columns of one stored span (table ``spans``), in order.
@@ -107,15 +109,8 @@ class InvalidSpan(ValueError):
 
 @dataclass(frozen=True)
 class MappingRules:
-    user_attributes: tuple[str, ...] = (
-        "user.id",
-        "enduser.id",
-        "llm.user",
-        "metadata.user_api_key_end_user_id",
-        "metadata.user_api_key_user_id",
-        "user.hash",
-    )
-    department_attributes: tuple[str, ...] = ("department", "metadata.user_api_key_team_alias")
+    user_attributes: tuple[str, ...] = USER_ATTRIBUTES
+    department_attributes: tuple[str, ...] = DEPARTMENT_ATTRIBUTES
     pseudonymize_key: bytes | None = None
     wanted: frozenset[str] = field(init=False)
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
 
 from observer.config import SimulatorSettings
-from observer.exposition import CONTENT_TYPE
+from observer.exposition import add_health_and_metrics
 from observer.simulator.engine import Engine, RequestHandle, count_tokens
 from observer.simulator.tracing import RequestTracer
 
@@ -273,18 +273,12 @@ def create_app(settings: SimulatorSettings) -> FastAPI:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return _error_response(exc)
 
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
+    # vLLM serves its metrics with the classic text format content type, as observer does.
+    add_health_and_metrics(app, lambda: generate_latest(engine.metrics.registry))
 
     @app.get("/version")
     async def version() -> dict:
         return {"version": SIMULATED_VLLM_VERSION}
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        # vLLM serves its metrics with the classic text format content type, as observer does.
-        return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE)
 
     @app.get("/v1/models")
     async def models() -> dict:
