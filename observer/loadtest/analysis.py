@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from observer.analytics.cost import public_api_cost
+from observer.analytics.cost import public_api_cost, self_hosted_cost
 from observer.config import CostSettings, LoadtestSettings, SloSettings
 from observer.load.generator import percentile
 from observer.loadtest.driver import Record, RunResult
@@ -303,7 +303,9 @@ def cost_at_capacity(
     total_per_s = capacity.get("total_tokens_per_s") or 0
     if total_per_s <= 0:
         return None
-    hourly = gpus * (cost.gpu_hour_cost + cost.assumed_gpu_power_watts / 1000 * cost.electricity_per_kwh)
+    # One owner of the cost formula (observer.analytics.cost): an hour of ``gpus`` GPUs at assumed draw.
+    gpu_cost, _kwh, energy_cost = self_hosted_cost(cost.model_copy(update={"gpus": gpus}), 1.0, None)
+    hourly = gpu_cost + energy_cost
     million_per_hour = total_per_s * 3600 / 1e6
     self_hosted = hourly / million_per_hour
     inp, outp = tokens.get("input", 0), tokens.get("output", 0)
