@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alerts.model import Alert, Cases, observer_labels, series
+from alerts.promql import rate_over
 from observer.config import Settings
 
 
@@ -20,8 +21,8 @@ def alerts(s: Settings) -> list[Alert]:
         ),
         Alert(
             "LLMCollectorRejectingSpans",
-            f"sum by (job, instance) (rate(observer_collector_spans_rejected_total{{{O}}}[10m]))"
-            f" / sum by (job, instance) (rate(observer_collector_spans_received_total{{{O}}}[10m]))"
+            f"sum by (job, instance) ({rate_over(f'observer_collector_spans_rejected_total{{{O}}}', '10m')})"
+            f" / sum by (job, instance) ({rate_over(f'observer_collector_spans_received_total{{{O}}}', '10m')})"
             f" > {slo.collector_rejected_ratio:g}",
             "warning",
             "The trace collector rejects spans.",

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-import re
+from observer.promql import RATE_WINDOW, duration_seconds, rate_over
+
+__all__ = [
+    "BY",
+    "RATE_WINDOW",
+    "duration_seconds",
+    "histogram_quantile",
+    "le",
+    "quantile_record",
+    "rate_over",
+]
 
 BY = "job, instance, model"  # the identity of one engine's series, kept by every engine rule
 
@@ -25,14 +35,3 @@ def histogram_quantile(q: float, metric: str, selector: str, window: str, by: st
 def quantile_record(metric: str, q: float) -> str:
     """Name of the recorded quantile, e.g. ``llm:time_to_first_token_seconds:p95_5m``."""
     return f"llm:{metric.removeprefix('llm_')}:p{round(q * 100)}_5m"
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds of a Prometheus duration like ``5m``, ``1h30m`` or ``3d``."""
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|[smhdw])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum(float(n) * (0.001 if u == "ms" else _UNITS[u]) for n, u in parts)

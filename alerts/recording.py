@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerts.promql import BY, duration_seconds, histogram_quantile, le, quantile_record
+from alerts.promql import BY, duration_seconds, histogram_quantile, le, quantile_record, rate_over
 from observer.config import Settings
 
 # Quantiles recorded per latency histogram (the alerts and the serving board read these).
@@ -46,7 +46,7 @@ def gpu_selector(s: Settings) -> str:
 
 
 def _rate(s: Settings, metric: str, window: str = "5m", extra: str = "") -> str:
-    return f"sum by ({BY}) (rate({metric}{{{engine_selector(s, extra)}}}[{window}]))"
+    return f"sum by ({BY}) ({rate_over(f'{metric}{{{engine_selector(s, extra)}}}', window)})"
 
 
 def engine_rules(s: Settings) -> list[dict[str, str]]:

@@ -136,3 +136,37 @@ def instant_query(
         return body["data"]["result"]
     except (KeyError, TypeError) as exc:
         raise QueryError(f"query {expr!r}: no data.result in the answer") from exc
+
+
+# Expression builders shared by the rules (alerts), the cost series (observer.analytics.cost) and the boards.
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a Prometheus duration like ``5m``, ``1h30m`` or ``3d``."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|[smhdw])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(float(n) * (0.001 if u == "ms" else _UNITS[u]) for n, u in parts)
+
+
+# The longest window ``rate()`` is written with. Beyond it, a series is often younger than the window
+# (a new engine or GPU, a restarted exporter, the first hour of the demo), and there PromQL's rate()
+# divides by the whole window while MetricsQL's divides by the time the samples cover: measured on
+# the same scrapes, ``rate(x[1d])`` read 0.0103/s on Prometheus and 2.05/s on VictoriaMetrics.
+RATE_WINDOW = "5m"
+
+
+def rate_over(series: str, window: str) -> str:
+    """Per-second rate of the counter selector ``series`` over ``window``, the same on PromQL and MetricsQL.
+
+    Up to :data:`RATE_WINDOW` it is plain ``rate()``. Longer windows are written
+    ``(increase(series[window]) / <window in seconds>)``: Prometheus' answer is unchanged (its rate()
+    is that increase over the window), and VictoriaMetrics divides by the window too, so both agree
+    while the series is younger than the window. Every rule, cost series and panel builds long
+    rates here.
+    """
+    if duration_seconds(window) <= duration_seconds(RATE_WINDOW):
+        return f"rate({series}[{window}])"
+    return f"(increase({series}[{window}]) / {duration_seconds(window):g})"

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import httpx
 
 from observer.config import CostSettings, Settings
-from observer.promql import instant_query
+from observer.promql import instant_query, rate_over
 
 JOULES_PER_KWH = 3.6e6
 
@@ -66,9 +66,10 @@ def recording_rules(settings: Settings) -> list[dict]:
     c, w = settings.cost, LIVE_WINDOW
     E, G = f'job="{settings.alerting.engine_job}"', f'job="{settings.alerting.gpu_job}"'
     assumed_kw = c.gpus * c.assumed_gpu_power_watts / 1000
-    energy_kw = f"(sum(rate(gpu_energy_joules_total{{{G}}}[{w}])) / 1000 or vector({assumed_kw:g}))"
-    prompt = f"sum(rate(llm_prompt_tokens_total{{{E}}}[{w}]))"
-    generated = f"sum(rate(llm_generation_tokens_total{{{E}}}[{w}]))"
+    # rate_over: an hour is longer than a new engine or GPU has existed, and both TSDBs must agree then.
+    energy_kw = f"(sum({rate_over(f'gpu_energy_joules_total{{{G}}}', w)}) / 1000 or vector({assumed_kw:g}))"
+    prompt = f"sum({rate_over(f'llm_prompt_tokens_total{{{E}}}', w)})"
+    generated = f"sum({rate_over(f'llm_generation_tokens_total{{{E}}}', w)})"
     ref = c.reference
     public_per_s = f"({prompt} * {ref.input_per_million:g} + {generated} * {ref.output_per_million:g}) / 1e6"
     tokens_per_hour = f"({prompt} + {generated}) * 3600"
