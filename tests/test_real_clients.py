@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 from support import observer_server, scrape, simulator
+from test_collector_server import rows as rows_in
+from test_collector_server import wait_counted as collector_wait_counted
 
 pytestmark = pytest.mark.integration
 
@@ -39,24 +40,10 @@ def run_app(base: str, otlp: str, *extra: str, model: str = MODEL) -> list[dict]
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
-def stored(db_url: str) -> list[dict]:
-    engine = create_engine(db_url)
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(text("SELECT * FROM requests"))]
-    engine.dispose()
-    return rows
-
-
-def wait_counted(base: str, n: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    m: dict = {}
-    while time.monotonic() < deadline:
-        m = scrape(base + "/metrics")
-        if sum(m.get("llm_usage_requests_total", {}).values()) >= n:
-            time.sleep(1.5)  # and nothing more comes
-            return scrape(base + "/metrics")
-        time.sleep(0.3)
-    raise AssertionError(f"usage counter never reached {n}: {m.get('llm_usage_requests_total')}")
+def wait_counted(base: str, n: int, timeout: float = 60) -> dict:
+    collector_wait_counted(base, n, timeout)
+    time.sleep(1.5)  # and nothing more comes: the sums below must be exact, not at least
+    return scrape(base + "/metrics")
 
 
 def by_call(calls: list[dict], rows: list[dict]) -> list[tuple[dict, dict]]:
@@ -83,7 +70,7 @@ def wait_rows(db: str, calls: list[dict], engine_spans: bool, timeout: float = 6
     """The rows once every call is in and, with engine spans on, every served call has its engine half."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = stored(db)
+        rows = rows_in(db)
         joined = sum(1 for r in rows if r["engine_span_id"])
         served = sum(1 for c in calls if c["outcome"] == "success")
         if (
@@ -276,6 +263,6 @@ def test_litellm_proxy_in_front_of_the_engine(collector, litellm_bin, tmp_path):
             wait_counted(base, len(calls), timeout=60)
         finally:
             proxy.stop()
-    rows = sorted(stored(db), key=lambda r: r["user_id"] or "")
+    rows = sorted(rows_in(db), key=lambda r: r["user_id"] or "")
     assert [(r["user_id"], r["department"]) for r in rows] == [(u, t) for u, t, _ in calls]
     assert all(r["engine_span_id"] and r["model"] == MODEL and r["output_tokens"] for r in rows), rows

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from observer.collector.mapping import CALL, ENGINE
+from observer.collector.mapping import CALL, ENGINE, VALUE_COLUMNS
 
 Key = tuple[str, str]  # (trace_id, span_id)
 
@@ -36,21 +36,7 @@ REQUEST_COLUMNS = (
     "model",
     "model_verified",
     "service",
-    "user_id",
-    "department",
-    "session_id",
-    "conversation_id",
-    "input_tokens",
-    "output_tokens",
-    "ttft_s",
-    "tpot_s",
-    "queue_s",
-    "prefill_s",
-    "decode_s",
-    "e2e_s",
-    "outcome",
-    "finish_reason",
-    "error_type",
+    *VALUE_COLUMNS,
     "started_at",
     "ended_at",
     "settled",

@@ -36,16 +36,8 @@ from observer.config import DEPARTMENT_ATTRIBUTES, USER_ATTRIBUTES
 
 ENGINE, CALL, LINK = "engine", "call", "link"
 
-# The columns of one stored span (table ``spans``), in order.
-SPAN_COLUMNS = (
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "role",
-    "call_id",  # engine: gen_ai.request.id; call: gen_ai.response.id (the OpenAI response id)
-    "model",  # engine: the model it says it served; call: the model the caller asked for
-    "response_model",  # call: the model the server answered with
-    "service",
+# What a span and a request both carry: who, how much, how fast, how it ended.
+VALUE_COLUMNS = (
     "user_id",
     "department",
     "session_id",
@@ -61,6 +53,18 @@ SPAN_COLUMNS = (
     "outcome",  # success | error | abort; None where the span does not say
     "finish_reason",
     "error_type",
+)
+# The columns of one stored span (table ``spans``), in order.
+SPAN_COLUMNS = (
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "role",
+    "call_id",  # engine: gen_ai.request.id; call: gen_ai.response.id (the OpenAI response id)
+    "model",  # engine: the model it says it served; call: the model the caller asked for
+    "response_model",  # call: the model the server answered with
+    "service",
+    *VALUE_COLUMNS,
     "started_at",
     "ended_at",
 )
