@@ -344,9 +344,11 @@ class Store:
         stale, counted = [], set()
         for row in existing:
             req = owner.get((row.trace_id, row.request_key))
-            if req is None or req.key != (row.trace_id, row.request_key):
+            if req is None:
+                continue  # its spans were pruned after the join window: the row stands as resolved
+            if req.key != (row.trace_id, row.request_key):
                 stale.append(row.id)  # its spans now belong to a request rooted elsewhere
-                if row.counted and req is not None:
+                if row.counted:
                     counted.add(req.key)
         for i in range(0, len(stale), _CHUNK):
             conn.execute(delete(TABLE).where(c.id.in_(stale[i : i + _CHUNK])))
