@@ -263,7 +263,8 @@ def ensure_model(root: Path, vllm_python: Path) -> Path:
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{out.name}.log"
         log.write_text("")
-        _run([str(vllm_python), str(Path(__file__).resolve()), "_make-model", str(out)], log)
+        offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}  # made here, never downloaded
+        _run([str(vllm_python), str(Path(__file__).resolve()), "_make-model", str(out)], log, env=offline)
         stamp.write_text(json.dumps({"recipe": MODEL_RECIPE}))
     return out
 
