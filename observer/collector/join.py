@@ -73,6 +73,9 @@ class _Trace:
 
     def __init__(self, spans: list[dict[str, Any]]) -> None:
         self.by_key: dict[Key, dict[str, Any]] = {(s["trace_id"], s["span_id"]): s for s in spans}
+        # Per span: (the outermost call among it and its ancestors, its depth). Memoized so a chain
+        # of N nested calls resolves in O(N), not O(N x depth).
+        self._top: dict[Key, tuple[dict[str, Any] | None, int]] = {}
 
     def ancestors(self, span: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         """The ancestors present, nearest first, and whether the chain reached a root span."""
@@ -91,9 +94,36 @@ class _Trace:
             out.append(cur)
         return out, False
 
+    def _walk(self, span: dict[str, Any]) -> tuple[dict[str, Any] | None, int]:
+        path: list[dict[str, Any]] = []
+        seen: set[Key] = set()
+        cur: dict[str, Any] | None = span
+        top: dict[str, Any] | None = None
+        depth = -1
+        while cur is not None:
+            key = (cur["trace_id"], cur["span_id"])
+            if key in self._top:
+                top, depth = self._top[key]
+                break
+            if key in seen:
+                break  # a loop: the walk ends where it closes
+            seen.add(key)
+            path.append(cur)
+            parent = cur.get("parent_span_id")
+            cur = self.by_key.get((cur["trace_id"], parent)) if parent else None
+        for s in reversed(path):  # from the topmost span down to ``span``
+            depth += 1
+            if top is None and s["role"] == CALL:
+                top = s
+            self._top[(s["trace_id"], s["span_id"])] = (top, depth)
+        return self._top[(span["trace_id"], span["span_id"])]
+
     def call_root(self, call: dict[str, Any]) -> dict[str, Any]:
-        ancestors, _ = self.ancestors(call)
-        return next((a for a in reversed(ancestors) if a["role"] == CALL), call)
+        """The outermost call among ``call`` and its ancestors: nested calls are one request."""
+        return self._walk(call)[0] or call
+
+    def depth(self, span: dict[str, Any]) -> int:
+        return self._walk(span)[1]
 
 
 def resolve(spans: list[dict[str, Any]]) -> list[Request]:
@@ -117,21 +147,29 @@ def resolve(spans: list[dict[str, Any]]) -> list[Request]:
     for s in spans:
         if s["role"] == CALL:
             request_of(trace.call_root(s)).calls.append(s)
+    orphans = []
     for s in spans:
         if s["role"] != ENGINE:
             continue
         ancestors, _ = trace.ancestors(s)
         nearest = next((i for i, a in enumerate(ancestors) if a["role"] == CALL), None)
-        call = ancestors[nearest] if nearest is not None else None
-        if call is None and s.get("call_id"):
-            call = by_response.get(s["call_id"])
-        req = request_of(trace.call_root(call) if call is not None else s)
+        if nearest is None:
+            orphans.append(s)
+            continue
+        req = request_of(trace.call_root(ancestors[nearest]))
         req.engines.append(s)
-        if nearest is not None:
-            req.between.extend(ancestors[:nearest])  # e.g. the HTTP client span an abort shows on
+        req.between.extend(ancestors[:nearest])  # e.g. the HTTP client span an abort shows on
+    orphan_ids = {id(s) for s in orphans}
+    for s in orphans:
+        # By response id only onto a call with no engine half of its own: an engine span cannot claim
+        # (and add its tokens to) a call that its own engine already answered.
+        call = by_response.get(s["call_id"]) if s.get("call_id") else None
+        req = request_of(trace.call_root(call)) if call is not None else None
+        if req is None or any(id(e) not in orphan_ids for e in req.engines):
+            req = request_of(s)
+        req.engines.append(s)
     for req in requests.values():
-        depth = {id(c): len(trace.ancestors(c)[0]) for c in req.calls}
-        req.calls.sort(key=lambda c: depth[id(c)])
+        req.calls.sort(key=trace.depth)
         req.ancestors, req.chain_complete = trace.ancestors(req.root)
     return [requests[k] for k in sorted(requests)]
 
