@@ -151,6 +151,7 @@ class TraceCollector:
             if not self._learned:
                 self._learn_from_store()
             rows = self.store.take_countable(now, self.settings.join_grace_s)
+            deltas = self.store.take_token_deltas(now, self.settings.join_window_s)
             self.m_pending.set(self.store.pending())
             if time.monotonic() - self._last_prune > 60:
                 self._last_prune = time.monotonic()
@@ -161,4 +162,5 @@ class TraceCollector:
             log.warning("store unavailable while counting requests: %s", exc)
             return 0
         self.usage.count(rows)
+        self.usage.count_tokens(deltas)
         return len(rows)

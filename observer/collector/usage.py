@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry
 
 from observer.catalog import USAGE, make_metric
-from observer.store.db import Counted
+from observer.store.db import Counted, TokenDelta
 
 OTHER = "other"
 UNKNOWN = "unknown"
@@ -75,3 +75,13 @@ class UsageMetrics:
                 self.tpot.labels(model=model).observe(r.tpot_s)
             if r.e2e_s is not None:
                 self.e2e.labels(model=model).observe(r.e2e_s)
+
+    def count_tokens(self, deltas: list[TokenDelta]) -> None:
+        """Tokens that reached already-counted requests (a late engine half): added, never removed."""
+        for d in deltas:
+            model = self.fold_model(d.model, trusted=d.model_verified)
+            dept = self.fold_department(d.department)
+            if d.input_tokens:
+                self.tokens.labels(model=model, department=dept, direction="input").inc(d.input_tokens)
+            if d.output_tokens:
+                self.tokens.labels(model=model, department=dept, direction="output").inc(d.output_tokens)

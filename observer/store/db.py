@@ -51,7 +51,8 @@ GATEWAY_FIRST = (
 OWN_COLUMNS = ("gateway_span_id", "engine_span_id", "engine_request_id", "service")
 FLAGS = ("model_verified", "settled", "counted")  # once true, true
 COLUMNS = REQUEST_COLUMNS
-_REQUEST_WRITE_COLUMNS = (*REQUEST_COLUMNS, "counted", "updated_at")
+CARRIED = ("counted_input_tokens", "counted_output_tokens")  # passed on by a replaced row, summed
+_REQUEST_WRITE_COLUMNS = (*REQUEST_COLUMNS, "counted", *CARRIED, "updated_at")
 _CHUNK = 500  # ids per IN (...) list
 _PARTNERS_PER_ID = 2
 
@@ -92,6 +93,17 @@ class Counted:
     ttft_s: float | None
     tpot_s: float | None
     e2e_s: float | None
+
+
+@dataclass
+class TokenDelta:
+    """Tokens a counted request gained since it was counted."""
+
+    model: str | None
+    model_verified: bool
+    department: str | None
+    input_tokens: int
+    output_tokens: int
 
 
 class Store:
@@ -147,6 +159,7 @@ class Store:
         sets += [f"{c} = {prefer(c, 'gateway_span_id')}" for c in GATEWAY_FIRST]
         sets += [f"{c} = COALESCE(excluded.{c}, requests.{c})" for c in OWN_COLUMNS]
         sets += [f"{c} = (requests.{c} OR excluded.{c})" for c in FLAGS]
+        sets += [f"{c} = COALESCE(requests.{c}, 0) + COALESCE(excluded.{c}, 0)" for c in CARRIED]
         sets += [
             "started_at = CASE WHEN excluded.started_at < requests.started_at "
             "THEN excluded.started_at ELSE requests.started_at END",
@@ -176,6 +189,7 @@ class Store:
             {
                 **{c: r.get(c) for c in COLUMNS},
                 **{f: bool(r.get(f)) for f in FLAGS},
+                **{t: r.get(t) for t in CARRIED},
                 "updated_at": now,
             }
             for r in records
@@ -333,7 +347,7 @@ class Store:
         c = TABLE.c
         existing = []
         for i in range(0, len(traces), _CHUNK):
-            q = select(c.id, c.trace_id, c.request_key, c.counted).where(
+            q = select(c.id, c.trace_id, c.request_key, c.counted, *(c[t] for t in CARRIED)).where(
                 c.trace_id.in_(traces[i : i + _CHUNK])
             )
             if self.dialect == "postgresql":
@@ -342,6 +356,7 @@ class Store:
                 q = q.with_for_update()
             existing.extend(conn.execute(q).all())
         stale, counted = [], set()
+        carried: dict[tuple[str, str], list[int]] = {}
         for row in existing:
             req = owner.get((row.trace_id, row.request_key))
             if req is None:
@@ -350,12 +365,17 @@ class Store:
                 stale.append(row.id)  # its spans now belong to a request rooted elsewhere
                 if row.counted:
                     counted.add(req.key)
+                    sums = carried.setdefault(req.key, [0, 0])
+                    sums[0] += row.counted_input_tokens or 0
+                    sums[1] += row.counted_output_tokens or 0
         for i in range(0, len(stale), _CHUNK):
             conn.execute(delete(TABLE).where(c.id.in_(stale[i : i + _CHUNK])))
         out = []
         for req in requests:
             row = to_row(req, served)
             row["counted"] = req.key in counted
+            if req.key in carried:
+                row["counted_input_tokens"], row["counted_output_tokens"] = carried[req.key]
             out.append(row)
         if out:
             self._write_requests(conn, out, now)
@@ -393,10 +413,65 @@ class Store:
             rows = conn.execute(query).all()
             ids = [r.id for r in rows]
             for i in range(0, len(ids), 5000):
-                conn.execute(update(TABLE).where(c.id.in_(ids[i : i + 5000])).values(counted=True))
+                done = update(TABLE).where(c.id.in_(ids[i : i + 5000]))
+                conn.execute(
+                    done.values(
+                        counted=True,
+                        counted_input_tokens=c.input_tokens,
+                        counted_output_tokens=c.output_tokens,
+                    )
+                )
             return rows
 
         return [Counted(*r[1:]) for r in self._transact(work)]
+
+    def take_token_deltas(self, now: datetime, window_s: float, limit: int = 20_000) -> list[TokenDelta]:
+        """Tokens that reached counted rows after they were counted (a stream's engine half that came
+        after the grace), marked counted atomically. Only rows touched within ``window_s`` can gain
+        tokens (their spans are gone after it), which keeps this on the updated_at index."""
+        c = TABLE.c
+        since = now - timedelta(seconds=window_s)
+        grew = or_(
+            func.coalesce(c.input_tokens, 0) > func.coalesce(c.counted_input_tokens, 0),
+            func.coalesce(c.output_tokens, 0) > func.coalesce(c.counted_output_tokens, 0),
+        )
+        query = (
+            select(
+                c.id,
+                c.model,
+                c.model_verified,
+                c.department,
+                func.coalesce(c.input_tokens, 0) - func.coalesce(c.counted_input_tokens, 0),
+                func.coalesce(c.output_tokens, 0) - func.coalesce(c.counted_output_tokens, 0),
+            )
+            .where(c.updated_at >= since, c.counted == True, grew)  # noqa: E712 (SQL expression)
+            .order_by(c.id)
+            .limit(limit)
+        )
+        if self.dialect == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+
+        def work(conn: Any) -> list[Any]:
+            rows = conn.execute(query).all()
+            ids = [r.id for r in rows]
+            for i in range(0, len(ids), 5000):
+                done = update(TABLE).where(c.id.in_(ids[i : i + 5000]))
+                larger = func.greatest if self.dialect == "postgresql" else func.max  # SQLite's max(a, b)
+                conn.execute(
+                    done.values(
+                        counted_input_tokens=larger(
+                            func.coalesce(c.input_tokens, 0), func.coalesce(c.counted_input_tokens, 0)
+                        ),
+                        counted_output_tokens=larger(
+                            func.coalesce(c.output_tokens, 0), func.coalesce(c.counted_output_tokens, 0)
+                        ),
+                    )
+                )
+            return rows
+
+        # A merge can also leave fewer tokens than were counted (two halves counted apart): only
+        # growth is added, counters never go down.
+        return [TokenDelta(r[1], r[2], r[3], max(0, r[4]), max(0, r[5])) for r in self._transact(work)]
 
     def pending(self) -> int:
         with self.engine.connect() as conn:

@@ -70,6 +70,10 @@ class Request(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))
     counted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # The tokens already added to the usage counters: a half that brings tokens after the row was
+    # counted adds only the difference (and a row replaced by another passes these on).
+    counted_input_tokens: Mapped[int | None] = mapped_column(Integer)
+    counted_output_tokens: Mapped[int | None] = mapped_column(Integer)
     # Nothing that could still arrive would change it: countable at once, not after the grace.
     settled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
 
