@@ -19,7 +19,7 @@ from support import binary, observer_cmd, simulator
 
 from exporters.engine.normalize import normalize, render_probe
 from observer.config import LoadtestSettings, SloSettings
-from observer.loadtest.analysis import default_slo, parse_slo
+from observer.loadtest.analysis import default_slo, diagnose, parse_slo
 from observer.loadtest.profiles import BUILTIN, Profile, build_messages, load_profile
 from observer.loadtest.report import compare
 from observer.loadtest.sampler import read_exposition
@@ -393,3 +393,19 @@ def test_raw_client_decodes_chunks_split_anywhere_and_a_disconnect_is_incomplete
         else:
             assert (rec.outcome, rec.error) == ("incomplete", "IncompleteReadError"), rec
             assert rec.ttft is not None  # tokens arrived before the cut
+
+
+def test_an_unmeasured_check_is_named_and_never_read_as_a_slow_decode():
+    """Real vLLM can send a short response in one chunk: no inter-token latency can be measured. That
+    fails the SLO (it cannot be shown to hold) but must not be diagnosed as "TPOT up, decode is slow"."""
+    point = {"ttft": {"p95": 0.5}, "e2e": {"p95": 0.5}, "tpot": {"p95": 0.0}, "itl": {"p95": None}}
+    slo = {
+        "pass": False,
+        "checks": [
+            {"key": "ttft_p95", "target": 60.0, "actual": 0.5, "pass": True},
+            {"key": "itl_p95", "target": 10.0, "actual": None, "pass": False},
+        ],
+    }
+    text = " ".join(diagnose(point, slo, None, SloSettings()))
+    assert "itl_p95 could not be measured" in text
+    assert "decode step is slow" not in text
