@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,13 @@ MAX_MODEL_LEN = 2048
 # 17 blocks x 128 tokens = 2,176 tokens (vLLM keeps one block back: 2,048 usable, one full-length
 # request): the load tests' two chat requests in flight fit, a burst of ~5 long ones saturates it.
 VLLM_TEST_KV_BLOCKS = 17
+VLLM_TEST_MODEL_OVERRIDES = {
+    "num_hidden_layers": 8,
+    "hidden_size": 512,
+    "intermediate_size": 1024,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 8,
+}
 STARTUP_TIMEOUT_S = float(os.environ.get("REAL_ENGINE_STARTUP_TIMEOUT_S", "300"))
 
 
@@ -195,6 +203,10 @@ def vllm_command(
         # Every request holds its own blocks (the load generator's chat prompts share a 200-token
         # prefix), so a burst fills the small cache for as long as the burst lasts.
         "--no-enable-prefix-caching",
+        # Random weights (--load-format dummy), so the model can be made bigger here: 8 layers of 512
+        # make the engine, not its HTTP front, the bottleneck of a burst on an idle 2-core machine.
+        "--hf-overrides",
+        json.dumps(VLLM_TEST_MODEL_OVERRIDES),
         "--host",
         "127.0.0.1",
         "--port",
