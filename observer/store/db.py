@@ -479,27 +479,23 @@ class Store:
 
     # --- retention and reads ---------------------------------------------------------------------------
     def delete_older_than(self, cutoff: datetime, batch: int = 10_000) -> int:
+        """Request rows past the retention period (daily rollups stay)."""
+        return self._delete_batches(TABLE, TABLE.c.started_at < cutoff, batch)
+
+    def _delete_batches(self, table: Any, condition: Any, batch: int) -> int:
+        """Delete what matches in batches of ``batch`` rows, one short transaction each."""
         deleted = 0
-        c = TABLE.c
         while True:
             with self.engine.begin() as conn:
-                ids = select(c.id).where(c.started_at < cutoff).limit(batch).scalar_subquery()
-                n = conn.execute(delete(TABLE).where(c.id.in_(ids))).rowcount
+                ids = select(table.c.id).where(condition).limit(batch).scalar_subquery()
+                n = conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
             deleted += n
             if n < batch:
                 return deleted
 
     def delete_spans_before(self, cutoff: datetime, batch: int = 10_000) -> int:
         """Spans past the join window: their requests are resolved, only late halves would need them."""
-        deleted = 0
-        c = SPANS.c
-        while True:
-            with self.engine.begin() as conn:
-                ids = select(c.id).where(c.received_at < cutoff).limit(batch).scalar_subquery()
-                n = conn.execute(delete(SPANS).where(c.id.in_(ids))).rowcount
-            deleted += n
-            if n < batch:
-                return deleted
+        return self._delete_batches(SPANS, SPANS.c.received_at < cutoff, batch)
 
     def top_values(self, column: str, n: int, verified_only: bool = False, days: int = 30) -> list[str]:
         """The ``n`` most requested values of a column over recent rows (label folding at start)."""
