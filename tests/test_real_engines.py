@@ -479,10 +479,14 @@ def _history(prom: Prometheus, engine: Engine) -> str:
 def test_real_vllm_kv_saturation_pages_and_resolves(real_vllm, tmp_path):
     """Overloaded real vLLM -> engine exporter -> Prometheus (rules) -> Alertmanager -> webhook log."""
     engine = real_vllm
+    # The session's vLLM has 17 KV blocks and each request holds ~4: as sequences finish and the next
+    # are admitted, usage swings between ~0.75 and 1 every second under full load (seen on a fast,
+    # idle machine: at 0.9 / 2 s the condition flipped each scrape and never held). The page is
+    # tested on that saturated pattern, not on one exact block count.
     settings = Settings.model_validate(
         {
-            "slo": {"kv_cache_warning_ratio": 0.8, "kv_cache_critical_ratio": 0.9},
-            "alerting": {"for_overrides": {"LLMKVCacheSaturated": "2s"}},
+            "slo": {"kv_cache_warning_ratio": 0.5, "kv_cache_critical_ratio": 0.6},
+            "alerting": {"for_overrides": {"LLMKVCacheSaturated": "1s"}},
         }
     )
     rules = write_rule_files(settings, tmp_path / "rules")
