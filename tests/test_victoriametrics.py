@@ -148,7 +148,9 @@ def test_kv_saturation_pages_through_vmalert_alertmanager_and_the_webhook(tmp_pa
             load = LoadConfig(
                 target=sim,
                 rps=40,
-                duration=8,
+                # Long enough that vmalert sees it: a new series is searchable in VictoriaMetrics
+                # only ~10 s after its first sample (8 s of load missed it in 1 of ~5 runs).
+                duration=20,
                 users=20,
                 mix={"chat": 1.0},
                 ignore_eos=True,
